@@ -1,0 +1,28 @@
+// Entry point of probepilot.node; the typed JS face is src/bpf/addon.ts.
+#include <napi.h>
+
+#include "libbpf_log.h"
+#include "netlink.h"
+#include "object.h"
+#include "stats.h"
+
+namespace probepilot {
+
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  libbpf_log::Install();
+  InitStats(env);
+  exports.Set("BpfObject", BpfObjectWrap::DefineClass(env));
+  exports.Set("possibleCpus", Napi::Function::New<PossibleCpus>(env, "possibleCpus"));
+  exports.Set("enableStats", Napi::Function::New<EnableStats>(env, "enableStats"));
+  exports.Set("disableStats", Napi::Function::New<DisableStats>(env, "disableStats"));
+  exports.Set("listLinks", Napi::Function::New<ListLinks>(env, "listLinks"));
+  exports.Set("netnsId", Napi::Function::New<NetnsId>(env, "netnsId"));
+  return exports;
+}
+
+}  // namespace probepilot
+
+// The macro pastes its argument into an identifier: it needs an unqualified name.
+static Napi::Object InitModule(Napi::Env env, Napi::Object exports) { return probepilot::Init(env, exports); }
+
+NODE_API_MODULE(probepilot, InitModule)

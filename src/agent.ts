@@ -1,0 +1,93 @@
+// Wires the agent together: host preparation, identity, collectors, the
+// Prometheus exporter and the HTTP server, and takes it all down again.
+import os from 'node:os';
+import { loadAddon, type NativeAddon } from './bpf/addon.js';
+import type { AgentConfig } from './config.js';
+import type { Logger } from './log.js';
+import { describeError } from './errors.js';
+import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js';
+import { CgroupPaths } from './identity/cgroups.js';
+import { NetnsWorkloads } from './identity/netns.js';
+import { StandaloneIdentity } from './identity/identity.js';
+import type { Collector, CollectorContext } from './collectors/collector.js';
+import { CollectorManager } from './collectors/manager.js';
+import { NetworkCollector } from './collectors/network.js';
+import { PrometheusExporter } from './exporters/prometheus.js';
+import { buildServer } from './server.js';
+
+export class Agent {
+  private manager: CollectorManager | undefined;
+  private server: ReturnType<typeof buildServer> | undefined;
+  private statsHandle: number | undefined;
+  private addon: NativeAddon | undefined;
+  private ready = false;
+
+  constructor(
+    private readonly config: AgentConfig,
+    private readonly log: Logger,
+  ) {}
+
+  /** Starts collectors and the server; resolves with the bound address. */
+  async start(): Promise<string> {
+    const { config, log } = this;
+    this.prepareHost();
+    const addon = loadAddon();
+    this.addon = addon;
+    if (config.bpfStats) {
+      try {
+        this.statsHandle = addon.enableStats();
+        log.info('BPF run-time statistics enabled (they cost time per program run; turn bpfStats off when not needed)');
+      } catch (err) {
+        log.warn({ err: describeError(err) }, 'cannot enable BPF run-time statistics');
+      }
+    }
+    const cgroupRoot = config.cgroupRoot || findCgroup2Mount();
+    if (!cgroupRoot) log.warn('no cgroup v2 mount found: workloads fall back to the node (cgroup="/")');
+    const identity = new StandaloneIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
+    const ctx: CollectorContext = { config, log, addon, identity };
+    const collectors: Collector[] = [new NetworkCollector(ctx)];
+    const disabled = new Set(collectors.filter((c) => !this.enabled(c.name)).map((c) => c.name));
+    const manager = new CollectorManager(collectors, log, this.statsHandle !== undefined, disabled);
+    this.manager = manager;
+
+    const exporter = new PrometheusExporter(manager.descriptors(), () => manager.collect());
+    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states() });
+    const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
+    log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
+    await manager.start();
+    this.ready = true;
+    return address;
+  }
+
+  async stop(): Promise<void> {
+    this.ready = false;
+    await this.server?.close();
+    await this.manager?.stop();
+    if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
+    this.statsHandle = undefined;
+    this.log.info('stopped; all programs detached');
+  }
+
+  private enabled(name: string): boolean {
+    const section = (this.config.collectors as Record<string, { enabled: boolean } | undefined>)[name];
+    return section?.enabled ?? true;
+  }
+
+  /** bpffs and tracefs are mounted when missing, so a bare container or host works; failures only limit what needs them. */
+  private prepareHost(): void {
+    if (process.getuid?.() !== 0) {
+      this.log.warn('not running as root: loading BPF needs CAP_BPF, CAP_PERFMON and CAP_NET_ADMIN; collectors that lack them report why');
+    }
+    for (const [what, ensure] of [
+      ['bpffs', ensureBpffs],
+      ['tracefs', ensureTracefs],
+    ] as const) {
+      try {
+        const { path, mounted } = ensure();
+        if (mounted) this.log.info({ path }, `mounted ${what}`);
+      } catch (err) {
+        this.log.warn({ err: describeError(err) }, `cannot mount ${what}`);
+      }
+    }
+  }
+}

@@ -1,0 +1,127 @@
+// Typed face of the native addon (native/). The addon is generic: it knows
+// BPF objects, programs, maps, links and netlink, never a collector.
+import { createRequire } from 'node:module';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+
+export type TcDirection = 'ingress' | 'egress';
+export type TcAttachMode = 'tcx' | 'clsact';
+
+export interface MapInfo {
+  name: string;
+  /** BPF_MAP_TYPE_* number. */
+  type: number;
+  keySize: number;
+  /** Value size as declared; per-CPU maps hold `valueStride * possibleCpus` bytes per key. */
+  valueSize: number;
+  maxEntries: number;
+  perCpu: boolean;
+  /** Bytes between consecutive CPUs' values in a per-CPU dump (valueSize rounded up to 8). */
+  valueStride: number;
+}
+
+export interface ProgramInfo {
+  name: string;
+  section: string;
+  /** Kernel program id (0 before load). */
+  id: number;
+  /** Counted only while BPF run-time statistics are enabled. */
+  runCount: number;
+  runTimeNs: number;
+}
+
+export interface MapDump {
+  count: number;
+  keySize: number;
+  /** Bytes per entry in `values`: valueSize, or valueStride * possibleCpus for per-CPU maps. */
+  valueSize: number;
+  keys: Buffer;
+  values: Buffer;
+}
+
+export interface TcAttachment {
+  /** Handle for detach()/pinAttachment(). */
+  id: number;
+  mode: TcAttachMode;
+}
+
+export interface LinkInfo {
+  ifindex: number;
+  name: string;
+  /** IFLA_LINK: the peer's ifindex (in the peer's namespace) for veth, else the same as ifindex or 0. */
+  iflink: number;
+  /** IFLA_LINK_NETNSID: namespace id of the peer, -1 when the peer is in our own namespace or none. */
+  linkNetnsId: number;
+  /** IFLA_INFO_KIND ("veth", "bridge", "vxlan", …), "" when none. */
+  kind: string;
+  /** ARPHRD_* hardware type (1 = Ethernet, 772 = loopback, 65534 = none). */
+  hwType: number;
+  /** IFF_* flags. */
+  flags: number;
+  /** ifindex of the master device (bridge) or 0. */
+  master: number;
+}
+
+export interface BpfObject {
+  /** Sets a `const volatile` global in .rodata by name; before load(). The buffer must match the variable's size. */
+  setConst(name: string, value: Buffer): void;
+  /** Before load(). */
+  setMapMaxEntries(map: string, maxEntries: number): void;
+  /** Before load(): reuse the map pinned at path when compatible, pin it there otherwise (libbpf pin_path). */
+  setMapPinPath(map: string, pinPath: string): void;
+  load(): void;
+  maps(): MapInfo[];
+  programs(): ProgramInfo[];
+  /** Never replaces another program: clsact uses a fresh handle/priority, TCX appends. */
+  attachTc(program: string, ifindex: number, direction: TcDirection, mode: TcAttachMode): TcAttachment;
+  attachTracepoint(program: string, category: string, name: string): number;
+  attachRawTracepoint(program: string, name: string): number;
+  /** Attach by the program's section name (fentry/, kprobe/, tp/, …). */
+  attachAuto(program: string): number;
+  /** Idempotent; an interface that is already gone is not an error. */
+  detach(attachmentId: number): void;
+  /** Pins a link-based attachment (TCX, tracepoint, …) in bpffs so it outlives the process. */
+  pinAttachment(attachmentId: number, pinPath: string): void;
+  /** Whole map in batches, off the event loop. */
+  readMap(map: string, batchSize?: number): Promise<MapDump>;
+  lookup(map: string, key: Buffer): Buffer | null;
+  update(map: string, key: Buffer, value: Buffer): void;
+  /** Deletes the given keys (concatenated); returns how many existed. */
+  deleteKeys(map: string, keys: Buffer): number;
+  close(): void;
+}
+
+export interface NativeAddon {
+  BpfObject: new (objectPath: string) => BpfObject;
+  possibleCpus(): number;
+  /** Turns on kernel BPF run-time stats (BPF_ENABLE_STATS); returns a handle kept open while on. */
+  enableStats(): number;
+  disableStats(handle: number): void;
+  /** Interfaces of the agent's network namespace (RTM_GETLINK dump). */
+  listLinks(): LinkInfo[];
+  /** Namespace id that our namespace assigned to the netns at nsPath (e.g. /proc/PID/ns/net); -1 when none. */
+  netnsId(nsPath: string): number;
+}
+
+/** Errors thrown by the addon carry the kernel errno and libbpf's last message. */
+export interface NativeError extends Error {
+  errno: number;
+  code: string;
+  libbpfMessage?: string;
+}
+
+export function isNativeError(err: unknown): err is NativeError {
+  return err instanceof Error && typeof (err as Partial<NativeError>).errno === 'number';
+}
+
+const projectRoot = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../..');
+
+export const nativeAddonPath = path.join(projectRoot, 'native/build/Release/probepilot.node');
+export const bpfObjectDir = path.join(projectRoot, 'build/bpf');
+
+let cached: NativeAddon | undefined;
+
+export function loadAddon(): NativeAddon {
+  cached ??= createRequire(import.meta.url)(nativeAddonPath) as NativeAddon;
+  return cached;
+}

@@ -1,0 +1,43 @@
+// What every collector is to the agent: something that attaches, reads its
+// maps into metric families on demand, reports its own health, and detaches.
+import type { Logger } from '../log.js';
+import type { AgentConfig } from '../config.js';
+import type { NativeAddon, ProgramInfo } from '../bpf/addon.js';
+import type { FamilyDescriptor, MetricFamily } from '../metrics/model.js';
+import type { Identity } from '../identity/identity.js';
+
+export interface CollectorContext {
+  config: AgentConfig;
+  log: Logger;
+  addon: NativeAddon;
+  identity: Identity;
+}
+
+/** A collector that cannot run here (missing kernel feature, capability, library). */
+export class CollectorUnavailableError extends Error {
+  constructor(readonly reason: string) {
+    super(reason);
+    this.name = 'CollectorUnavailableError';
+  }
+}
+
+export interface CollectorHealth {
+  /** Kernel events handled (packets, wakeups, syscalls…), when the collector can tell. */
+  eventsProcessed?: number;
+  /** Events the kernel side could not record, by reason (e.g. map_full). */
+  eventsDropped: Readonly<Record<string, number>>;
+}
+
+export interface Collector {
+  readonly name: string;
+  /** Every family collect() may return, known before the first collection. */
+  readonly families: readonly FamilyDescriptor[];
+  /** Loads and attaches; throws CollectorUnavailableError when the host cannot run it. */
+  start(): Promise<void>;
+  collect(): Promise<MetricFamily[]>;
+  /** As of the last collect(). */
+  health(): CollectorHealth;
+  programs(): ProgramInfo[];
+  /** Detaches everything; safe to call twice. */
+  stop(): Promise<void>;
+}

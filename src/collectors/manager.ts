@@ -1,0 +1,184 @@
+// Runs collectors independently of each other, like node_exporter: one that
+// cannot start or fails a collection is reported (up 0 with a reason) and the
+// rest keep working. It also produces the agent's self-metrics.
+import type { Logger } from '../log.js';
+import { describeError } from '../errors.js';
+import type { FamilyDescriptor, MetricFamily, ScalarSample } from '../metrics/model.js';
+import { CollectorUnavailableError, type Collector } from './collector.js';
+
+export interface CollectorState {
+  name: string;
+  enabled: boolean;
+  up: boolean;
+  /** Why it is down; "" when up. */
+  reason: string;
+  lastCollectSeconds: number;
+  collectErrors: number;
+}
+
+const selfFamilies = {
+  up: {
+    name: 'probepilot_collector_up',
+    help: 'Whether a collector is attached and collecting (1) or not (0); reason says why not.',
+    type: 'gauge',
+    labelNames: ['collector', 'reason'],
+  },
+  events: {
+    name: 'probepilot_collector_events_total',
+    help: 'Kernel events a collector has counted (packets, wakeups, syscalls, …).',
+    type: 'counter',
+    labelNames: ['collector'],
+  },
+  dropped: {
+    name: 'probepilot_collector_events_dropped_total',
+    help: 'Kernel events a collector could not record, by reason (map_full: its BPF map had no room for a new key).',
+    type: 'counter',
+    labelNames: ['collector', 'reason'],
+  },
+  duration: {
+    name: 'probepilot_collector_collect_duration_seconds',
+    help: 'Time the last collection of a collector took (map reads and decoding).',
+    type: 'gauge',
+    labelNames: ['collector'],
+  },
+  errors: {
+    name: 'probepilot_collector_collect_errors_total',
+    help: 'Collections of a collector that failed; its previous values are not re-exported meanwhile.',
+    type: 'counter',
+    labelNames: ['collector'],
+  },
+  runs: {
+    name: 'probepilot_bpf_program_runs_total',
+    help: 'Runs of a BPF program, counted by the kernel while run-time statistics are on (bpfStats).',
+    type: 'counter',
+    labelNames: ['collector', 'program'],
+  },
+  runSeconds: {
+    name: 'probepilot_bpf_program_run_seconds_total',
+    help: 'Time spent in a BPF program, counted by the kernel while run-time statistics are on (bpfStats).',
+    type: 'counter',
+    labelNames: ['collector', 'program'],
+  },
+} as const satisfies Record<string, FamilyDescriptor>;
+
+interface Entry {
+  collector: Collector;
+  state: CollectorState;
+}
+
+export class CollectorManager {
+  private readonly entries: Entry[];
+
+  constructor(
+    collectors: readonly Collector[],
+    private readonly log: Logger,
+    private readonly bpfStatsEnabled: boolean,
+    disabled: ReadonlySet<string> = new Set(),
+  ) {
+    this.entries = collectors.map((collector) => ({
+      collector,
+      state: {
+        name: collector.name,
+        enabled: !disabled.has(collector.name),
+        up: false,
+        reason: disabled.has(collector.name) ? 'disabled in config' : 'not started',
+        lastCollectSeconds: 0,
+        collectErrors: 0,
+      },
+    }));
+  }
+
+  descriptors(): FamilyDescriptor[] {
+    return [...this.entries.flatMap((e) => e.collector.families), ...Object.values(selfFamilies)];
+  }
+
+  states(): CollectorState[] {
+    return this.entries.map((e) => ({ ...e.state }));
+  }
+
+  async start(): Promise<void> {
+    await Promise.all(this.entries.filter((e) => e.state.enabled).map((e) => this.startOne(e)));
+  }
+
+  private async startOne({ collector, state }: Entry): Promise<void> {
+    try {
+      await collector.start();
+      state.up = true;
+      state.reason = '';
+      this.log.info({ collector: collector.name, programs: collector.programs().map((p) => p.name) }, 'collector started');
+    } catch (err) {
+      state.up = false;
+      state.reason = err instanceof CollectorUnavailableError ? err.reason : `start failed: ${describeError(err)}`;
+      this.log.error({ collector: collector.name, reason: state.reason }, 'collector unavailable; the others keep running');
+    }
+  }
+
+  async stop(): Promise<void> {
+    await Promise.all(
+      this.entries.map(async ({ collector, state }) => {
+        try {
+          await collector.stop();
+        } catch (err) {
+          this.log.warn({ collector: collector.name, err: describeError(err) }, 'collector stop failed');
+        }
+        state.up = false;
+        state.reason = 'stopped';
+      }),
+    );
+  }
+
+  /** One collection of every running collector plus the self-metrics. */
+  async collect(): Promise<MetricFamily[]> {
+    const running = this.entries.filter((e) => e.state.up);
+    const results = await Promise.all(running.map((e) => this.collectOne(e)));
+    return [...results.flat(), ...this.selfMetrics()];
+  }
+
+  private async collectOne({ collector, state }: Entry): Promise<MetricFamily[]> {
+    const started = process.hrtime.bigint();
+    try {
+      return await collector.collect();
+    } catch (err) {
+      state.collectErrors++;
+      this.log.warn({ collector: collector.name, err: describeError(err) }, 'collection failed');
+      return [];
+    } finally {
+      state.lastCollectSeconds = Number(process.hrtime.bigint() - started) / 1e9;
+    }
+  }
+
+  private selfMetrics(): MetricFamily[] {
+    const up: ScalarSample[] = [];
+    const events: ScalarSample[] = [];
+    const dropped: ScalarSample[] = [];
+    const duration: ScalarSample[] = [];
+    const errors: ScalarSample[] = [];
+    const runs: ScalarSample[] = [];
+    const runSeconds: ScalarSample[] = [];
+    for (const { collector, state } of this.entries) {
+      const c = { collector: collector.name };
+      up.push({ labels: { ...c, reason: state.reason }, value: state.up ? 1 : 0 });
+      errors.push({ labels: c, value: state.collectErrors });
+      if (!state.up) continue;
+      duration.push({ labels: c, value: state.lastCollectSeconds });
+      const health = collector.health();
+      if (health.eventsProcessed !== undefined) events.push({ labels: c, value: health.eventsProcessed });
+      for (const [reason, value] of Object.entries(health.eventsDropped)) dropped.push({ labels: { ...c, reason }, value });
+      if (!this.bpfStatsEnabled) continue;
+      for (const program of collector.programs()) {
+        const labels = { ...c, program: program.name };
+        runs.push({ labels, value: program.runCount });
+        runSeconds.push({ labels, value: program.runTimeNs / 1e9 });
+      }
+    }
+    return [
+      { ...selfFamilies.up, samples: up },
+      { ...selfFamilies.events, samples: events },
+      { ...selfFamilies.dropped, samples: dropped },
+      { ...selfFamilies.duration, samples: duration },
+      { ...selfFamilies.errors, samples: errors },
+      { ...selfFamilies.runs, samples: runs },
+      { ...selfFamilies.runSeconds, samples: runSeconds },
+    ];
+  }
+}

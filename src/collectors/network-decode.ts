@@ -1,0 +1,67 @@
+// Layout of bpf/net.bpf.c's maps, decoded without the kernel so it can be
+// unit-tested.
+import type { MapDump } from '../bpf/addon.js';
+import { sumPerCpuU64 } from '../bpf/maps.js';
+
+export const directions = ['ingress', 'egress'] as const;
+export const protocols = ['other', 'tcp', 'udp', 'icmp'] as const;
+export type Direction = (typeof directions)[number];
+export type Protocol = (typeof protocols)[number];
+
+/** enum attribution in net.bpf.c */
+export const Attribution = { peerWorkload: 0, socket: 1 } as const;
+export type AttributionKind = (typeof Attribution)[keyof typeof Attribution];
+
+export const trafficKeySize = 16;
+export const trafficValueSize = 16;
+
+export interface TrafficEntry {
+  /** Index in the dump, to select its key later. */
+  index: number;
+  cgroupId: bigint;
+  ifindex: number;
+  direction: Direction;
+  protocol: Protocol;
+  family: 0 | 4 | 6;
+  bytes: number;
+  packets: number;
+}
+
+export function decodeTraffic(dump: MapDump, cpus: number): TrafficEntry[] {
+  if (dump.keySize !== trafficKeySize) throw new Error(`net_traffic key is ${dump.keySize} bytes, expected ${trafficKeySize}: object and agent disagree`);
+  const stride = dump.valueSize / cpus;
+  const entries: TrafficEntry[] = new Array(dump.count);
+  for (let i = 0; i < dump.count; i++) {
+    const k = i * trafficKeySize;
+    const family = dump.keys[k + 14];
+    entries[i] = {
+      index: i,
+      cgroupId: dump.keys.readBigUInt64LE(k),
+      ifindex: dump.keys.readUInt32LE(k + 8),
+      direction: directions[dump.keys[k + 12]!] ?? 'ingress',
+      protocol: protocols[dump.keys[k + 13]!] ?? 'other',
+      family: family === 4 || family === 6 ? family : 0,
+      bytes: sumPerCpuU64(dump, i, 0, stride, cpus),
+      packets: sumPerCpuU64(dump, i, 8, stride, cpus),
+    };
+  }
+  return entries;
+}
+
+export function encodeIfaceConfig(attribution: AttributionKind, l3Offset: number): Buffer {
+  return Buffer.from([attribution, l3Offset, 0, 0]);
+}
+
+export function encodeIfindex(ifindex: number): Buffer {
+  const key = Buffer.alloc(4);
+  key.writeUInt32LE(ifindex);
+  return key;
+}
+
+const ARPHRD_ETHER = 1;
+const ARPHRD_LOOPBACK = 772;
+
+/** Where the IP header starts in the skb TC hands us: after the MAC header on Ethernet-like devices, at 0 on L3 devices. */
+export function l3OffsetFor(hwType: number): number {
+  return hwType === ARPHRD_ETHER || hwType === ARPHRD_LOOPBACK ? 14 : 0;
+}

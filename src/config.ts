@@ -1,0 +1,254 @@
+// Agent configuration: defaults < YAML/JSON file < PROBEPILOT_* environment
+// < command-line flags. Every key is declared once in `schema`, which drives
+// validation, environment names and the README table, so a wrong value
+// always names its key and what is allowed.
+import { readFileSync } from 'node:fs';
+import { parse as parseYaml } from 'yaml';
+import { logLevels, type LogLevel } from './log.js';
+
+export const attachModes = ['auto', 'tcx', 'clsact'] as const;
+export type AttachModeSetting = (typeof attachModes)[number];
+
+export interface ListenAddress {
+  host: string;
+  port: number;
+}
+
+export interface AgentConfig {
+  listen: ListenAddress;
+  logLevel: LogLevel;
+  bpfStats: boolean;
+  cgroupRoot: string;
+  seriesGraceSeconds: number;
+  collectors: {
+    network: {
+      enabled: boolean;
+      attachMode: AttachModeSetting;
+      interfaces: { include: string[]; exclude: string[] };
+      maxEntries: number;
+      rescanIntervalSeconds: number;
+    };
+  };
+}
+
+type Leaf =
+  | { kind: 'listen'; default: string; doc: string }
+  | { kind: 'enum'; values: readonly string[]; default: string; doc: string }
+  | { kind: 'boolean'; default: boolean; doc: string }
+  | { kind: 'number'; integer: boolean; min: number; max: number; default: number; doc: string }
+  | { kind: 'string'; default: string; doc: string }
+  | { kind: 'globs'; default: readonly string[]; doc: string };
+
+interface Section {
+  [key: string]: Leaf | Section;
+}
+
+export const schema = {
+  listen: { kind: 'listen', default: '0.0.0.0:9742', doc: 'HOST:PORT of the HTTP server (/metrics, /healthz, /readyz).' },
+  logLevel: { kind: 'enum', values: logLevels, default: 'info', doc: 'Log level of the JSON logs on stdout.' },
+  bpfStats: {
+    kind: 'boolean',
+    default: false,
+    doc: 'Turn on kernel BPF run-time statistics while the agent runs (probepilot_bpf_program_*). Costs tens to hundreds of ns per program run.',
+  },
+  cgroupRoot: { kind: 'string', default: '', doc: 'cgroup v2 mount point; empty finds it in /proc/self/mountinfo.' },
+  seriesGraceSeconds: {
+    kind: 'number',
+    integer: true,
+    min: 0,
+    max: 86400,
+    default: 120,
+    doc: 'How long the series of a workload that went away keep their final values before they disappear.',
+  },
+  collectors: {
+    network: {
+      enabled: { kind: 'boolean', default: true, doc: 'TC network collector: bytes and packets per workload, direction and protocol.' },
+      attachMode: {
+        kind: 'enum',
+        values: attachModes,
+        default: 'auto',
+        doc: 'TC attach: tcx links (kernel >= 6.6), clsact filters, or auto (tcx, falling back to clsact).',
+      },
+      interfaces: {
+        include: {
+          kind: 'globs',
+          default: ['veth*', 'cni*', 'docker*', 'br-*', 'eth*', 'ens*', 'enp*', 'eno*', 'cali*', 'lxc*', 'gke*', 'azv*', 'vxlan*', 'flannel*', 'cilium*', 'wg*', 'tun*', 'bond*'],
+          doc: 'Interfaces to attach to (globs: * ? [abc]); new matching interfaces are attached as they appear.',
+        },
+        exclude: { kind: 'globs', default: [], doc: 'Interfaces never attached to, even when included.' },
+      },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 65536,
+        doc: 'Capacity of the kernel traffic map (workload × direction × protocol × family); a full map counts probepilot_collector_events_dropped_total.',
+      },
+      rescanIntervalSeconds: {
+        kind: 'number',
+        integer: false,
+        min: 0.1,
+        max: 60,
+        default: 1,
+        doc: 'How often interfaces are listed to attach to new ones and forget removed ones.',
+      },
+    },
+  },
+} as const satisfies Section;
+
+export class ConfigError extends Error {
+  constructor(
+    readonly key: string,
+    message: string,
+  ) {
+    super(`config key "${key}": ${message}`);
+    this.name = 'ConfigError';
+  }
+}
+
+function isLeaf(node: Leaf | Section): node is Leaf {
+  return typeof (node as Leaf).kind === 'string' && typeof (node as Leaf).doc === 'string';
+}
+
+export function parseListen(value: string, key = 'listen'): ListenAddress {
+  const match = /^(?:\[([0-9a-fA-F:.]+)\]|([^:\s]*)):(\d{1,5})$/.exec(value);
+  const port = match ? Number(match[3]) : NaN;
+  if (!match || !(port >= 0 && port <= 65535)) {
+    throw new ConfigError(key, `got ${JSON.stringify(value)}, expected HOST:PORT (e.g. 0.0.0.0:9742, [::1]:9742) with a port from 0 to 65535`);
+  }
+  return { host: match[1] ?? (match[2] || '0.0.0.0'), port };
+}
+
+function describe(value: unknown): string {
+  return JSON.stringify(value) ?? String(value);
+}
+
+/** Validates one value; `fromText` means it came from the environment or a flag, so strings are coerced. */
+function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean): unknown {
+  switch (leaf.kind) {
+    case 'listen':
+      if (typeof value !== 'string') throw new ConfigError(key, `got ${describe(value)}, expected a "HOST:PORT" string`);
+      return parseListen(value, key);
+    case 'string':
+      if (typeof value !== 'string') throw new ConfigError(key, `got ${describe(value)}, expected a string`);
+      return value;
+    case 'enum':
+      if (typeof value !== 'string' || !leaf.values.includes(value)) {
+        throw new ConfigError(key, `got ${describe(value)}, allowed values: ${leaf.values.join(', ')}`);
+      }
+      return value;
+    case 'boolean': {
+      if (typeof value === 'boolean') return value;
+      if (fromText && typeof value === 'string' && ['true', 'false'].includes(value.toLowerCase())) return value.toLowerCase() === 'true';
+      throw new ConfigError(key, `got ${describe(value)}, allowed values: true, false`);
+    }
+    case 'number': {
+      const number = fromText && typeof value === 'string' && value.trim() !== '' ? Number(value) : value;
+      const kind = leaf.integer ? 'an integer' : 'a number';
+      if (typeof number !== 'number' || !Number.isFinite(number) || (leaf.integer && !Number.isInteger(number)) || number < leaf.min || number > leaf.max) {
+        throw new ConfigError(key, `got ${describe(value)}, expected ${kind} from ${leaf.min} to ${leaf.max}`);
+      }
+      return number;
+    }
+    case 'globs': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      if (!Array.isArray(list) || !list.every((item) => typeof item === 'string' && item.length > 0)) {
+        throw new ConfigError(key, `got ${describe(value)}, expected a list of interface-name globs (e.g. ["veth*", "eth0"])`);
+      }
+      return list;
+    }
+  }
+}
+
+function validateSection(section: Section, prefix: string, input: unknown, fromText: boolean, out: Record<string, unknown>): void {
+  if (input === undefined || input === null) input = {};
+  if (typeof input !== 'object' || Array.isArray(input)) {
+    throw new ConfigError(prefix || '(root)', `got ${describe(input)}, expected a mapping with keys: ${Object.keys(section).join(', ')}`);
+  }
+  const given = input as Record<string, unknown>;
+  for (const key of Object.keys(given)) {
+    if (!(key in section)) {
+      const at = prefix ? `${prefix}.${key}` : key;
+      throw new ConfigError(at, `unknown key; allowed keys${prefix ? ` under "${prefix}"` : ''}: ${Object.keys(section).join(', ')}`);
+    }
+  }
+  for (const [key, node] of Object.entries(section)) {
+    const at = prefix ? `${prefix}.${key}` : key;
+    if (isLeaf(node)) {
+      const value = given[key];
+      out[key] = value === undefined ? (out[key] ?? validateLeaf(node, at, structuredClone(node.default), false)) : validateLeaf(node, at, value, fromText);
+    } else {
+      const child = (out[key] as Record<string, unknown> | undefined) ?? {};
+      out[key] = child;
+      validateSection(node, at, given[key], fromText, child);
+    }
+  }
+}
+
+/** PROBEPILOT_ + the key path in upper snake case: collectors.network.attachMode → PROBEPILOT_COLLECTORS_NETWORK_ATTACH_MODE. */
+export function envName(keyPath: string): string {
+  return `PROBEPILOT_${keyPath
+    .split('.')
+    .map((part) => part.replace(/([a-z0-9])([A-Z])/g, '$1_$2').toUpperCase())
+    .join('_')}`;
+}
+
+export interface LeafEntry {
+  key: string;
+  leaf: Leaf;
+}
+
+export function leaves(section: Section = schema, prefix = ''): LeafEntry[] {
+  return Object.entries(section).flatMap(([key, node]) => {
+    const at = prefix ? `${prefix}.${key}` : key;
+    return isLeaf(node) ? [{ key: at, leaf: node }] : leaves(node, at);
+  });
+}
+
+/** Turns flat dotted keys into the nested shape validateSection expects. */
+function nest(flat: Record<string, string>): Record<string, unknown> {
+  const root: Record<string, unknown> = {};
+  for (const [dotted, value] of Object.entries(flat)) {
+    const parts = dotted.split('.');
+    let node = root;
+    for (const part of parts.slice(0, -1)) node = (node[part] ??= {}) as Record<string, unknown>;
+    node[parts.at(-1) as string] = value;
+  }
+  return root;
+}
+
+export interface ConfigSources {
+  /** Parsed file content (YAML or JSON). */
+  file?: unknown;
+  env?: NodeJS.ProcessEnv;
+  /** Dotted keys from command-line flags, e.g. { listen: '127.0.0.1:9742' }. */
+  flags?: Record<string, string>;
+}
+
+export function resolveConfig(sources: ConfigSources = {}): AgentConfig {
+  const out: Record<string, unknown> = {};
+  validateSection(schema, '', sources.file, false, out);
+  const fromEnv: Record<string, string> = {};
+  for (const { key } of leaves()) {
+    const value = sources.env?.[envName(key)];
+    if (value !== undefined) fromEnv[key] = value;
+  }
+  validateSection(schema, '', nest(fromEnv), true, out);
+  validateSection(schema, '', nest(sources.flags ?? {}), true, out);
+  return out as unknown as AgentConfig;
+}
+
+export function readConfigFile(file: string): unknown {
+  let text: string;
+  try {
+    text = readFileSync(file, 'utf8');
+  } catch (err) {
+    throw new ConfigError('--config', `cannot read ${file}: ${(err as Error).message}`);
+  }
+  try {
+    return parseYaml(text);
+  } catch (err) {
+    throw new ConfigError('--config', `${file} is not valid YAML or JSON: ${(err as Error).message}`);
+  }
+}

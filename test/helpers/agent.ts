@@ -1,0 +1,93 @@
+// Runs the real agent (dist/src/cli.js) as a child process, the way an
+// operator starts it, and reads its JSON logs and /metrics.
+import { spawn, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { waitFor } from './wait.js';
+
+const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+
+export interface LogLine {
+  level: string;
+  msg: string;
+  [key: string]: unknown;
+}
+
+export interface AgentProcess {
+  readonly child: ChildProcess;
+  /** http://127.0.0.1:PORT */
+  readonly url: string;
+  readonly port: number;
+  readonly logs: LogLine[];
+  /** Everything the agent wrote to stderr (should stay empty). */
+  stderr(): string;
+  metrics(): Promise<string>;
+  waitForLog(predicate: (line: LogLine) => boolean, what: string, timeoutMs?: number): Promise<LogLine>;
+  /** SIGTERM and wait; resolves with the exit code. Idempotent. */
+  stop(): Promise<number | null>;
+}
+
+export interface StartAgentOptions {
+  args?: string[];
+  env?: NodeJS.ProcessEnv;
+  /** Wait for readiness (every collector started); default true. */
+  waitReady?: boolean;
+}
+
+export async function startAgent({ args = [], env = {}, waitReady = true }: StartAgentOptions = {}): Promise<AgentProcess> {
+  const child = spawn(process.execPath, [cli, 'agent', '--listen', '127.0.0.1:0', ...args], {
+    env: { ...process.env, PROBEPILOT_LOG_LEVEL: 'debug', ...env },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const logs: LogLine[] = [];
+  let stderr = '';
+  let pending = '';
+  child.stdout.setEncoding('utf8').on('data', (chunk: string) => {
+    pending += chunk;
+    const lines = pending.split('\n');
+    pending = lines.pop() ?? '';
+    for (const line of lines) if (line.trim()) logs.push(JSON.parse(line) as LogLine);
+  });
+  child.stderr.setEncoding('utf8').on('data', (chunk: string) => (stderr += chunk));
+  const exited = once(child, 'exit');
+
+  const waitForLog = (predicate: (line: LogLine) => boolean, what: string, timeoutMs = 20_000): Promise<LogLine> =>
+    waitFor(
+      () => {
+        if (child.exitCode !== null) throw new Error(`agent exited (${child.exitCode}) while waiting for ${what}: ${stderr}`);
+        return logs.find(predicate);
+      },
+      { timeoutMs, what },
+    );
+
+  const listening = await waitForLog((l) => l.msg === 'listening', 'the agent to listen');
+  const port = Number(new URL(String(listening.address)).port);
+  const url = `http://127.0.0.1:${port}`;
+  let stopped: Promise<number | null> | undefined;
+  const agent: AgentProcess = {
+    child,
+    url,
+    port,
+    logs,
+    stderr: () => stderr,
+    async metrics() {
+      const res = await fetch(`${url}/metrics`);
+      if (!res.ok) throw new Error(`/metrics answered ${res.status}`);
+      return res.text();
+    },
+    waitForLog,
+    stop() {
+      stopped ??= (async () => {
+        if (child.exitCode === null && child.signalCode === null) child.kill('SIGTERM');
+        const [code] = (await exited) as [number | null];
+        return code;
+      })();
+      return stopped;
+    },
+  };
+  if (waitReady) {
+    await waitFor(async () => (await fetch(`${url}/readyz`)).status === 200, { timeoutMs: 30_000, what: 'agent readiness' });
+  }
+  return agent;
+}

@@ -1,0 +1,65 @@
+import t from 'tap';
+import { ConfigError, envName, leaves, parseListen, resolveConfig } from '../../src/config.js';
+
+t.test('defaults are the embedded standalone agent', async (t) => {
+  const config = resolveConfig();
+  t.same(config.listen, { host: '0.0.0.0', port: 9742 });
+  t.equal(config.logLevel, 'info');
+  t.equal(config.bpfStats, false);
+  t.equal(config.collectors.network.enabled, true);
+  t.equal(config.collectors.network.attachMode, 'auto');
+  t.ok(config.collectors.network.interfaces.include.includes('veth*'));
+  t.same(config.collectors.network.interfaces.exclude, []);
+});
+
+t.test('file < environment < flags', async (t) => {
+  const config = resolveConfig({
+    file: { listen: '127.0.0.1:1000', logLevel: 'debug', collectors: { network: { attachMode: 'clsact', maxEntries: 4096 } } },
+    env: { PROBEPILOT_LISTEN: '127.0.0.1:2000', PROBEPILOT_COLLECTORS_NETWORK_MAX_ENTRIES: '8192', PROBEPILOT_BPF_STATS: 'TRUE' },
+    flags: { listen: '[::1]:3000' },
+  });
+  t.same(config.listen, { host: '::1', port: 3000 });
+  t.equal(config.logLevel, 'debug');
+  t.equal(config.collectors.network.attachMode, 'clsact');
+  t.equal(config.collectors.network.maxEntries, 8192);
+  t.equal(config.bpfStats, true);
+});
+
+t.test('environment lists are comma-separated globs', async (t) => {
+  const config = resolveConfig({ env: { PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: 'veth*, eth0 ,' } });
+  t.same(config.collectors.network.interfaces.include, ['veth*', 'eth0']);
+});
+
+t.test('a wrong value names the key and what is allowed', async (t) => {
+  const cases: [unknown, string, RegExp][] = [
+    [{ logLevel: 'loud' }, 'logLevel', /allowed values: fatal, error, warn, info, debug, trace, silent/],
+    [{ collectors: { network: { attachMode: 'xdp' } } }, 'collectors.network.attachMode', /got "xdp", allowed values: auto, tcx, clsact/],
+    [{ collectors: { network: { maxEntries: 10 } } }, 'collectors.network.maxEntries', /expected an integer from 1024 to 4194304/],
+    [{ collectors: { network: { maxEntries: 5000.5 } } }, 'collectors.network.maxEntries', /integer/],
+    [{ bpfStats: 'yes' }, 'bpfStats', /allowed values: true, false/],
+    [{ listen: 'localhost' }, 'listen', /expected HOST:PORT/],
+    [{ listen: '1.2.3.4:70000' }, 'listen', /port from 0 to 65535/],
+    [{ collectors: { network: { interfaces: { include: 'veth*' } } } }, 'collectors.network.interfaces.include', /list of interface-name globs/],
+    [{ colectors: {} }, 'colectors', /unknown key; allowed keys: listen, logLevel/],
+    [{ collectors: { network: { bogus: 1 } } }, 'collectors.network.bogus', /allowed keys under "collectors.network": enabled, attachMode/],
+    [{ collectors: 'all' }, 'collectors', /expected a mapping with keys: network/],
+    [['a'], '(root)', /expected a mapping/],
+  ];
+  for (const [file, key, message] of cases) {
+    t.throws(() => resolveConfig({ file }), { name: 'ConfigError', key, message }, key);
+  }
+  t.throws(() => resolveConfig({ env: { PROBEPILOT_SERIES_GRACE_SECONDS: 'soon' } }), { key: 'seriesGraceSeconds', message: /got "soon"/ });
+});
+
+t.test('environment names derive from key paths', async (t) => {
+  t.equal(envName('collectors.network.attachMode'), 'PROBEPILOT_COLLECTORS_NETWORK_ATTACH_MODE');
+  t.equal(envName('listen'), 'PROBEPILOT_LISTEN');
+  const names = leaves().map((l) => envName(l.key));
+  t.equal(new Set(names).size, names.length, 'no two keys share an environment name');
+});
+
+t.test('listen addresses', async (t) => {
+  t.same(parseListen(':9742'), { host: '0.0.0.0', port: 9742 });
+  t.same(parseListen('[fd00::1]:80'), { host: 'fd00::1', port: 80 });
+  t.throws(() => parseListen('[::1]'), ConfigError);
+});

@@ -1,0 +1,63 @@
+import t from 'tap';
+import { mkdtempSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { CgroupPaths, commonAncestor } from '../../src/identity/cgroups.js';
+import { parseMountInfo, findCgroup2Mount } from '../../src/system/mounts.js';
+import { sanitizeLabelValue } from '../../src/metrics/model.js';
+
+t.test('common ancestor of cgroup paths', async (t) => {
+  t.equal(commonAncestor(['/kubepods/burstable/podA/c1', '/kubepods/burstable/podA/c2']), '/kubepods/burstable/podA');
+  t.equal(commonAncestor(['/a/b']), '/a/b');
+  t.equal(commonAncestor(['/a/b', '/c']), '/');
+  t.equal(commonAncestor(['/a/bc', '/a/b']), '/a', 'compares whole path segments');
+  t.equal(commonAncestor([]), '/');
+});
+
+t.test('cgroup2 mount from mountinfo, hybrid and unified hosts', async (t) => {
+  const hybrid = [
+    '25 30 0:23 / /sys/fs/cgroup ro,nosuid - tmpfs tmpfs ro,mode=755',
+    '26 25 0:24 / /sys/fs/cgroup/unified rw,nosuid shared:4 - cgroup2 cgroup2 rw,nsdelegate',
+    '27 25 0:25 / /sys/fs/cgroup/systemd rw - cgroup cgroup rw,name=systemd',
+  ].join('\n');
+  t.equal(findCgroup2Mount(parseMountInfo(hybrid)), '/sys/fs/cgroup/unified');
+  const unified = '30 1 0:26 / /sys/fs/cgroup rw,nosuid,nodev,noexec,relatime shared:9 - cgroup2 cgroup2 rw\n';
+  t.equal(findCgroup2Mount(parseMountInfo(unified)), '/sys/fs/cgroup');
+  t.equal(parseMountInfo('40 1 0:30 / /mnt/with\\040space rw - ext4 /dev/x rw')[0]?.mountPoint, '/mnt/with space');
+  t.equal(findCgroup2Mount([]), undefined);
+});
+
+t.test('cgroup ids resolve to paths, new ones after a refresh, deleted ones are marked gone', async (t) => {
+  const root = mkdtempSync(path.join(os.tmpdir(), 'pp-cg-'));
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  mkdirSync(path.join(root, 'a/b'), { recursive: true });
+  let now = 0;
+  const paths = new CgroupPaths(root, { minRefreshIntervalMs: 1000, now: () => now });
+  const idOf = (p: string): bigint => statSync(path.join(root, p), { bigint: true }).ino;
+  t.equal(paths.resolve(idOf('a/b')), '/a/b');
+  t.equal(paths.resolve(idOf('.')), '/');
+  mkdirSync(path.join(root, 'c'));
+  t.equal(paths.resolve(idOf('c')), undefined, 'no second walk within the refresh interval');
+  now = 1000;
+  t.equal(paths.resolve(idOf('c')), '/c');
+  const gone = idOf('a/b');
+  rmSync(path.join(root, 'a/b'), { recursive: true });
+  now = 2000;
+  paths.refresh();
+  t.ok(paths.isGone(gone));
+  t.equal(paths.resolve(gone), '/a/b', 'a gone id keeps its last path until forgotten');
+  paths.forget(gone);
+  t.equal(paths.resolve(gone), undefined);
+  t.equal(paths.resolve(0n), undefined, 'id 0 is "no socket", never a cgroup');
+});
+
+t.test('label values are valid UTF-8 and bounded', async (t) => {
+  t.equal(sanitizeLabelValue('/system.slice/nginx.service'), '/system.slice/nginx.service');
+  t.equal(sanitizeLabelValue('a\0b'), 'ab');
+  t.equal(sanitizeLabelValue('bad\ud800x'), 'bad\ufffdx', 'a lone surrogate becomes U+FFFD');
+  const long = sanitizeLabelValue('x'.repeat(1000));
+  t.equal(long.length, 257);
+  t.ok(long.endsWith('…'));
+  const emoji = sanitizeLabelValue(`${'x'.repeat(255)}😀`);
+  t.equal(Buffer.from(emoji, 'utf8').toString('utf8'), emoji, 'a surrogate pair is not cut in half');
+});

@@ -1,0 +1,36 @@
+// The README is the front door: every config key, its environment name and
+// every metric family must be documented there.
+import t from 'tap';
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import path from 'node:path';
+import { envName, leaves } from '../../src/config.js';
+import { CollectorManager } from '../../src/collectors/manager.js';
+import { NetworkCollector } from '../../src/collectors/network.js';
+import { resolveConfig } from '../../src/config.js';
+import { createLogger } from '../../src/log.js';
+import type { NativeAddon } from '../../src/bpf/addon.js';
+import type { Identity } from '../../src/identity/identity.js';
+
+const readme = readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../README.md'), 'utf8');
+
+t.test('every config key and environment name is in the README', async (t) => {
+  for (const { key } of leaves()) {
+    t.match(readme, `\`${key}\``, key);
+    t.match(readme, `\`${envName(key)}\``, envName(key));
+  }
+});
+
+t.test('every metric family is in the README', async (t) => {
+  const addon = { possibleCpus: () => 1 } as unknown as NativeAddon;
+  const identity = { labelNames: ['cgroup'] } as unknown as Identity;
+  const log = createLogger('silent');
+  const network = new NetworkCollector({ config: resolveConfig(), log, addon, identity });
+  const manager = new CollectorManager([network], log, true);
+  for (const { name } of manager.descriptors()) t.match(readme, `\`${name}\``, name);
+});
+
+t.test('the README carries the two front-door commands', async (t) => {
+  t.match(readme, './scripts/dev npm start');
+  t.match(readme, './scripts/dev npm test');
+});
