@@ -4,7 +4,7 @@ import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
-import { waitFor } from './wait.js';
+import { StopWaiting, waitFor } from './wait.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 
@@ -55,7 +55,7 @@ export async function startAgent({ args = [], env = {}, waitReady = true }: Star
   const waitForLog = (predicate: (line: LogLine) => boolean, what: string, timeoutMs = 20_000): Promise<LogLine> =>
     waitFor(
       () => {
-        if (child.exitCode !== null) throw new Error(`agent exited (${child.exitCode}) while waiting for ${what}: ${stderr}`);
+        if (child.exitCode !== null) throw new StopWaiting(`agent exited (${child.exitCode}) while waiting for ${what}: ${stderr}`);
         return logs.find(predicate);
       },
       { timeoutMs, what },

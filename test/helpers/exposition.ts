@@ -277,8 +277,11 @@ function checkHistogram(family: MetricFamily, problems: string[]): void {
       const prev = h.buckets[i - 1];
       const cur = h.buckets[i];
       if (!prev || !cur) continue;
-      if (cur.le <= prev.le) problems.push(`line ${cur.sample.line}: histogram ${id}: le ${cur.sample.labels.le} does not increase after le ${prev.sample.labels.le}`);
-      else if (cur.sample.value < prev.sample.value) problems.push(`line ${cur.sample.line}: histogram ${id}: buckets are not cumulative (le ${cur.sample.labels.le} = ${cur.sample.value} < le ${prev.sample.labels.le} = ${prev.sample.value})`);
+      const [at, le, prevLe] = [`line ${cur.sample.line}: histogram ${id}`, cur.sample.labels.le, prev.sample.labels.le];
+      if (cur.le <= prev.le) problems.push(`${at}: le ${le} does not increase after le ${prevLe}`);
+      else if (cur.sample.value < prev.sample.value) {
+        problems.push(`${at}: buckets are not cumulative (le ${le} = ${cur.sample.value} < le ${prevLe} = ${prev.sample.value})`);
+      }
     }
     const inf = h.buckets.find((b) => b.le === Infinity);
     if (!inf) problems.push(`line ${h.line}: histogram ${id} has no +Inf bucket`);

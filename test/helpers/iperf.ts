@@ -26,9 +26,16 @@ export interface IperfOptions {
 }
 
 export interface IperfResult {
-  /** Payload bytes (no headers) the client sent; -n is rounded up to whole writes (-l). */
+  /** Payload bytes (no headers) the client wrote; -n is rounded up to whole writes (-l). */
   bytesSent: number;
-  /** Payload bytes the server received. */
+  /**
+   * Payload bytes the server read. For TCP this can be well below bytesSent:
+   * iperf3 3.12 ends the test once the client has *written* everything and
+   * the server stops reading then, so data still in flight is not counted —
+   * and when the server's close resets the connection, the client's unsent
+   * tail never crosses the wire at all. What crossed lies between the two;
+   * use the veth statistics when a test needs the exact amount.
+   */
   bytesReceived: number;
   seconds: number;
   /** UDP only: datagrams sent, and lost as the server saw it. */

@@ -306,11 +306,11 @@ class TestPod implements Pod {
     await inNs('link', 'set', this.podVeth, 'up');
     await inNs('route', 'add', 'default', 'via', gatewayIpv4);
     await inNs('-6', 'route', 'add', 'default', 'via', gatewayIpv6);
-    await this.startPause();
+    await this.#startPause();
   }
 
   /** Like the Kubernetes pause container: holds the namespace and cgroup for the pod's lifetime. */
-  private async startPause(): Promise<void> {
+  async #startPause(): Promise<void> {
     const pause = this.run('sleep', ['infinity'], { stdio: 'ignore' });
     // A test that forgets destroy() must not hang on it; the stale sweep reaps it.
     pause.unref();

@@ -1,0 +1,27 @@
+// `npm run bench` must keep working: CI runs its quick version (one short
+// round) and checks it measured something on every row. No timing is asserted.
+import t from 'tap';
+import { spawnSync } from 'node:child_process';
+import { readFileSync, rmSync } from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { requirePrivileges } from '../helpers/env.js';
+
+const bench = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../bench/run.js');
+
+t.test('the benchmark runs and measures every row', async (t) => {
+  if (!requirePrivileges(t, 'network benchmark')) return;
+  const res = spawnSync(process.execPath, [bench, '--quick'], { encoding: 'utf8', timeout: 180_000 });
+  t.equal(res.status, 0, `bench exits 0: ${res.stderr}`);
+  const file = /raw samples: (\S+)/.exec(res.stdout)?.[1];
+  t.ok(file, 'it names its results file');
+  if (!file) return;
+  const absolute = path.resolve(file);
+  t.teardown(() => rmSync(absolute, { force: true }));
+  const { rows } = JSON.parse(readFileSync(absolute, 'utf8')) as { rows: { measure: string; base: number; value: number; ratio: number }[] };
+  t.equal(rows.length, 3);
+  for (const row of rows) {
+    t.ok(row.base > 0 && row.value > 0 && Number.isFinite(row.ratio), `${row.measure}: ${row.base} → ${row.value}`);
+    t.match(res.stdout, row.measure, 'printed in the table');
+  }
+});
