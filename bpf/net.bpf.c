@@ -59,6 +59,8 @@ struct {
 	__type(value, struct traffic_value);
 } net_traffic SEC(".maps");
 
+static const struct traffic_value zero_traffic;
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
@@ -132,22 +134,10 @@ static __always_inline void count(struct __sk_buff *skb, bool tc_ingress)
 		key.protocol = ipv6_l4(skb, l3);
 	}
 
-	struct traffic_value *value = bpf_map_lookup_elem(&net_traffic, &key);
+	struct traffic_value *value = pp_lookup_or_init(&net_traffic, &key, &zero_traffic);
 	if (value) {
 		value->bytes += skb->len;
 		value->packets += 1;
-		return;
-	}
-	struct traffic_value first = { .bytes = skb->len, .packets = 1 };
-	long err = bpf_map_update_elem(&net_traffic, &key, &first, BPF_NOEXIST);
-	if (err == -17 /* EEXIST: another CPU created the key; our slot is zero */) {
-		value = bpf_map_lookup_elem(&net_traffic, &key);
-		if (value) {
-			value->bytes += skb->len;
-			value->packets += 1;
-		}
-	} else if (err) {
-		pp_stat_inc(PP_STAT_DROPPED_MAP_FULL);
 	}
 }
 

@@ -3,6 +3,8 @@
 #ifndef PROBEPILOT_H
 #define PROBEPILOT_H
 
+#include <bpf/bpf_core_read.h>
+
 /* Slots of each object's `pp_stats` per-CPU array. Only off-hot-path
  * outcomes live here: the common path must not pay for an extra map. */
 enum pp_stat {
@@ -24,6 +26,66 @@ static __always_inline void pp_stat_inc(enum pp_stat stat)
 
 	if (counter)
 		*counter += 1;
+}
+
+/* The entry for key, created from *zero when missing (zero may be a .rodata
+ * global, so large values need no stack). NULL when the map is full, which is
+ * counted. A racing CPU may create the key first: EEXIST is not a failure. */
+static __always_inline void *pp_lookup_or_init(void *map, const void *key, const void *zero)
+{
+	void *value = bpf_map_lookup_elem(map, key);
+	long err;
+
+	if (value)
+		return value;
+	err = bpf_map_update_elem(map, key, zero, BPF_NOEXIST);
+	if (err && err != -17 /* EEXIST */) {
+		pp_stat_inc(PP_STAT_DROPPED_MAP_FULL);
+		return NULL;
+	}
+	return bpf_map_lookup_elem(map, key);
+}
+
+/* The cgroup v2 id of a task (the kernfs inode number userspace sees with
+ * stat), whatever task is running: for attribution to the task an event is
+ * about, not the one that happens to be on the CPU. */
+static __always_inline __u64 pp_task_cgroup_id(struct task_struct *task)
+{
+	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
+}
+
+/* Latency histograms: slot k counts values in [2^k, 2^(k+1)) ns (slot 0
+ * also takes 0); the last slot takes everything above. Userspace folds the
+ * slots into Prometheus buckets with le = 2^(k+1) ns (src/metrics/histogram.ts). */
+#define PP_HIST_SLOTS 40
+
+struct pp_hist {
+	__u64 slots[PP_HIST_SLOTS];
+	__u64 sum_ns;
+};
+
+static __always_inline __u32 pp_log2(__u64 v)
+{
+	__u32 r = 0, shift;
+
+	shift = (v > 0xFFFFFFFFULL) << 5; v >>= shift; r |= shift;
+	shift = (v > 0xFFFF) << 4; v >>= shift; r |= shift;
+	shift = (v > 0xFF) << 3; v >>= shift; r |= shift;
+	shift = (v > 0xF) << 2; v >>= shift; r |= shift;
+	shift = (v > 0x3) << 1; v >>= shift; r |= shift;
+	r |= (v >> 1);
+	return r;
+}
+
+/* For per-CPU maps: plain adds, no atomics on the hot path. */
+static __always_inline void pp_hist_record(struct pp_hist *hist, __u64 value_ns)
+{
+	__u32 slot = pp_log2(value_ns);
+
+	if (slot >= PP_HIST_SLOTS)
+		slot = PP_HIST_SLOTS - 1;
+	hist->slots[slot] += 1;
+	hist->sum_ns += value_ns;
 }
 
 #endif /* PROBEPILOT_H */

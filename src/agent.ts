@@ -9,9 +9,9 @@ import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js
 import { CgroupPaths } from './identity/cgroups.js';
 import { NetnsWorkloads } from './identity/netns.js';
 import { StandaloneIdentity } from './identity/identity.js';
-import type { Collector, CollectorContext } from './collectors/collector.js';
+import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
-import { NetworkCollector } from './collectors/network.js';
+import { createCollectors } from './collectors/index.js';
 import { PrometheusExporter } from './exporters/prometheus.js';
 import { buildServer } from './server.js';
 
@@ -45,7 +45,7 @@ export class Agent {
     if (!cgroupRoot) log.warn('no cgroup v2 mount found: workloads fall back to the node (cgroup="/")');
     const identity = new StandaloneIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
     const ctx: CollectorContext = { config, log, addon, identity };
-    const collectors: Collector[] = [new NetworkCollector(ctx)];
+    const collectors = createCollectors(ctx);
     const disabled = new Set(collectors.filter((c) => !this.enabled(c.name)).map((c) => c.name));
     const manager = new CollectorManager(collectors, log, this.statsHandle !== undefined, disabled);
     this.manager = manager;

@@ -10,6 +10,7 @@ import { rootCgroup } from '../identity/cgroups.js';
 import type { FamilyDescriptor, Labels, MetricFamily } from '../metrics/model.js';
 import { CounterSeries } from '../metrics/series.js';
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
+import { SerialQueue } from './serial.js';
 import {
   Attribution,
   decodeTraffic,
@@ -59,12 +60,12 @@ export class NetworkCollector implements Collector {
   private attachFailures = 0;
   private lastAttachError = '';
   private timer: NodeJS.Timeout | undefined;
-  private queue: Promise<unknown> = Promise.resolve();
+  private readonly queue = new SerialQueue();
   private lastHealth: CollectorHealth = { eventsDropped: { map_full: 0 } };
   private readonly log;
 
   constructor(private readonly ctx: CollectorContext) {
-    const labelNames = [...ctx.identity.labelNames, 'direction', 'protocol'];
+    const labelNames = [...ctx.identity.labelNames('pod'), 'direction', 'protocol'];
     this.bytesFamily = {
       name: 'probepilot_network_bytes_total',
       help: 'Bytes sent (egress) and received (ingress) by a workload, by L4 protocol, counted at TC including the L2 header.',
@@ -96,14 +97,14 @@ export class NetworkCollector implements Collector {
       throw new CollectorUnavailableError(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`);
     }
     this.object = object;
-    await this.serialized(() => this.rescan());
+    await this.queue.run(() => this.rescan());
     if (this.interfaces.size === 0 && this.attachFailures > 0) {
       await this.stop();
       throw new CollectorUnavailableError(`could not attach to any interface: ${this.lastAttachError}`);
     }
     const intervalMs = this.ctx.config.collectors.network.rescanIntervalSeconds * 1000;
     this.timer = setInterval(() => {
-      this.serialized(() => this.rescan()).catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'interface rescan failed'));
+      this.queue.run(() => this.rescan()).catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'interface rescan failed'));
     }, intervalMs);
     this.timer.unref();
   }
@@ -111,7 +112,7 @@ export class NetworkCollector implements Collector {
   async stop(): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
-    await this.serialized(async () => {
+    await this.queue.run(async () => {
       const object = this.object;
       if (!object) return;
       for (const iface of this.interfaces.values()) this.detach(object, iface);
@@ -130,7 +131,7 @@ export class NetworkCollector implements Collector {
   }
 
   collect(): Promise<MetricFamily[]> {
-    return this.serialized(async () => {
+    return this.queue.run(async () => {
       const object = this.requireObject();
       const dump = await object.readMap('net_traffic');
       const entries = decodeTraffic(dump, this.cpus);
@@ -170,13 +171,6 @@ export class NetworkCollector implements Collector {
     });
   }
 
-  /** Map operations, attach and detach run one at a time so retiring entries never races a read. */
-  private serialized<T>(task: () => Promise<T>): Promise<T> {
-    const run = this.queue.then(task, task);
-    this.queue = run.catch(() => undefined);
-    return run;
-  }
-
   private requireObject(): BpfObject {
     if (!this.object) throw new Error('network collector is not started');
     return this.object;
@@ -189,7 +183,7 @@ export class NetworkCollector implements Collector {
 
   private add(entry: TrafficEntry, now: number, retire: boolean): void {
     const workload = this.workloadOf(entry);
-    const labels = { ...this.ctx.identity.labelsFor(workload), direction: entry.direction, protocol: entry.protocol };
+    const labels = { ...this.ctx.identity.labelsFor(workload, 'pod'), direction: entry.direction, protocol: entry.protocol };
     const key = `${workload}\0${entry.direction}\0${entry.protocol}`;
     const values = [entry.bytes, entry.packets];
     if (retire) this.totals.retire(key, labels, values, now);

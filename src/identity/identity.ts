@@ -4,18 +4,24 @@ import { sanitizeLabelValue, type Labels } from '../metrics/model.js';
 import { CgroupPaths, rootCgroup } from './cgroups.js';
 import { NetnsWorkloads } from './netns.js';
 
+/**
+ * What a metric's source can tell apart: a container (tracepoints see the
+ * task's own cgroup) or only a pod (traffic behind a pod's veth).
+ */
+export type IdentityScope = 'container' | 'pod';
+
 export interface Identity {
-  readonly mode: 'standalone';
-  readonly labelNames: readonly string[];
+  readonly mode: 'standalone' | 'kubernetes';
   readonly cgroups: CgroupPaths;
   readonly netns: NetnsWorkloads;
+  /** Identity label names a family of this scope carries, in order. */
+  labelNames(scope: IdentityScope): readonly string[];
   /** Labels for a workload's cgroup path; the root stands for the node itself and for what cannot be attributed. */
-  labelsFor(cgroupPath: string | undefined): Labels;
+  labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels;
 }
 
 export class StandaloneIdentity implements Identity {
   readonly mode = 'standalone';
-  readonly labelNames = ['cgroup'] as const;
   private readonly cache = new Map<string, Labels>();
 
   constructor(
@@ -23,6 +29,11 @@ export class StandaloneIdentity implements Identity {
     readonly netns: NetnsWorkloads,
   ) {}
 
+  labelNames(): readonly string[] {
+    return ['cgroup'];
+  }
+
+  /** Standalone mode has one identity whatever the scope: the cgroup path. */
   labelsFor(cgroupPath: string | undefined): Labels {
     const key = cgroupPath ?? rootCgroup;
     let labels = this.cache.get(key);

@@ -6,7 +6,7 @@ import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { envName, leaves } from '../../src/config.js';
 import { CollectorManager } from '../../src/collectors/manager.js';
-import { NetworkCollector } from '../../src/collectors/network.js';
+import { createCollectors } from '../../src/collectors/index.js';
 import { resolveConfig } from '../../src/config.js';
 import { createLogger } from '../../src/log.js';
 import type { NativeAddon } from '../../src/bpf/addon.js';
@@ -23,10 +23,9 @@ t.test('every config key and environment name is in the README', async (t) => {
 
 t.test('every metric family is in the README', async (t) => {
   const addon = { possibleCpus: () => 1 } as unknown as NativeAddon;
-  const identity = { labelNames: ['cgroup'] } as unknown as Identity;
+  const identity = { labelNames: () => ['cgroup'] } as unknown as Identity;
   const log = createLogger('silent');
-  const network = new NetworkCollector({ config: resolveConfig(), log, addon, identity });
-  const manager = new CollectorManager([network], log, true);
+  const manager = new CollectorManager(createCollectors({ config: resolveConfig(), log, addon, identity }), log, true);
   for (const { name } of manager.descriptors()) t.match(readme, `\`${name}\``, name);
 });
 

@@ -1,0 +1,239 @@
+// A collector made of tracepoint programs that aggregate into BPF maps keyed
+// by workload (a u64 cgroup id at the start of the key). Each collector is a
+// spec — its object, what to attach, how its maps read as metric families —
+// and this module does the rest: load, attach, per-CPU sums, identity,
+// monotonic series across cgroups that go away, self-health, detach.
+import path from 'node:path';
+import { bpfObjectDir, type BpfObject, type MapDump, type MapInfo, type ProgramInfo } from '../bpf/addon.js';
+import { ppStatSlots, readPpStat, selectKeys } from '../bpf/maps.js';
+import { describeError } from '../errors.js';
+import { rootCgroup } from '../identity/cgroups.js';
+import type { IdentityScope } from '../identity/identity.js';
+import { histogramSample, histogramSlots } from '../metrics/histogram.js';
+import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily, ScalarSample } from '../metrics/model.js';
+import { CounterSeries } from '../metrics/series.js';
+import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
+import { SerialQueue } from './serial.js';
+
+export type AttachPoint =
+  | { program: string; tracepoint: `${string}:${string}`; optional?: boolean }
+  | { program: string; rawTracepoint: string; optional?: boolean };
+
+type ScalarDescriptor = FamilyDescriptor & { type: 'counter' | 'gauge' };
+type HistogramDescriptor = FamilyDescriptor & { type: 'histogram' };
+
+/**
+ * A family read from a map view. Descriptors carry only the labels the view
+ * adds; identity labels are prepended. Counters and gauges are computed from
+ * the entry's u64 fields (summed over CPUs, monotonic across retired
+ * entries); histograms come from a struct pp_hist in the value.
+ */
+export type ViewFamily =
+  | { descriptor: Omit<ScalarDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; value: (fields: readonly number[]) => number }
+  | { descriptor: Omit<HistogramDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; histogram: number };
+
+export interface MapView {
+  map: string;
+  /** Key bytes after the u64 cgroup id, as labels (e.g. the syscall name); undefined skips the entry. */
+  keyLabels?: (key: Buffer) => Labels | undefined;
+  /** Byte offsets of the u64 fields in one CPU's value. */
+  fields?: readonly number[];
+  /** Byte offsets of struct pp_hist values in one CPU's value. */
+  histograms?: readonly number[];
+  families: readonly ViewFamily[];
+}
+
+export interface TracepointCollectorSpec {
+  name: string;
+  /** File name under build/bpf/. */
+  object: string;
+  scope: IdentityScope;
+  attach: readonly AttachPoint[];
+  views: readonly MapView[];
+  /** Map sizes, .rodata settings: before load. */
+  beforeLoad?: (object: BpfObject) => void;
+  /** Filling configuration maps: after load, before attach. */
+  afterLoad?: (object: BpfObject) => void;
+  /** What the collector's events are, read from its series as of the last collection. */
+  eventsProcessed?: (families: readonly MetricFamily[]) => number;
+}
+
+interface ViewState {
+  view: MapView;
+  families: Array<{ spec: ViewFamily; descriptor: FamilyDescriptor }>;
+  series: CounterSeries;
+  fieldCount: number;
+}
+
+const histogramWidth = histogramSlots + 1;
+
+export class TracepointCollector implements Collector {
+  readonly name: string;
+  readonly families: readonly FamilyDescriptor[];
+  private readonly views: ViewState[];
+  private readonly cpus: number;
+  private object: BpfObject | undefined;
+  private mapInfo = new Map<string, MapInfo>();
+  private attachments: number[] = [];
+  private readonly queue = new SerialQueue();
+  private lastHealth: CollectorHealth = { eventsDropped: { map_full: 0 } };
+  private readonly log;
+
+  constructor(
+    private readonly spec: TracepointCollectorSpec,
+    private readonly ctx: CollectorContext,
+  ) {
+    this.name = spec.name;
+    this.cpus = ctx.addon.possibleCpus();
+    this.log = ctx.log.child({ collector: spec.name });
+    const identityLabels = ctx.identity.labelNames(spec.scope);
+    const graceMs = ctx.config.seriesGraceSeconds * 1000;
+    this.views = spec.views.map((view) => {
+      const fieldCount = view.fields?.length ?? 0;
+      return {
+        view,
+        fieldCount,
+        series: new CounterSeries(fieldCount + (view.histograms?.length ?? 0) * histogramWidth, graceMs),
+        families: view.families.map((family) => ({
+          spec: family,
+          descriptor: { ...family.descriptor, labelNames: [...identityLabels, ...(family.descriptor.labelNames ?? [])] },
+        })),
+      };
+    });
+    this.families = this.views.flatMap((v) => v.families.map((f) => f.descriptor));
+  }
+
+  async start(): Promise<void> {
+    const objectPath = path.join(bpfObjectDir, this.spec.object);
+    const object = new this.ctx.addon.BpfObject(objectPath);
+    try {
+      this.spec.beforeLoad?.(object);
+      object.load();
+      this.spec.afterLoad?.(object);
+    } catch (err) {
+      object.close();
+      throw new CollectorUnavailableError(`cannot load ${this.spec.object}: ${describeError(err)}`);
+    }
+    this.object = object;
+    this.mapInfo = new Map(object.maps().map((m) => [m.name, m]));
+    for (const point of this.spec.attach) {
+      const what = 'tracepoint' in point ? `tracepoint ${point.tracepoint}` : `raw tracepoint ${point.rawTracepoint}`;
+      try {
+        this.attachments.push(this.attachOne(object, point));
+      } catch (err) {
+        if (point.optional) {
+          this.log.warn({ program: point.program, reason: `${what}: ${describeError(err)}` }, 'optional hook unavailable; the rest of the collector runs');
+          continue;
+        }
+        await this.stop();
+        throw new CollectorUnavailableError(`cannot attach ${what}: ${describeError(err)}`);
+      }
+    }
+  }
+
+  private attachOne(object: BpfObject, point: AttachPoint): number {
+    if ('rawTracepoint' in point) return object.attachRawTracepoint(point.program, point.rawTracepoint);
+    const [category, name] = point.tracepoint.split(':') as [string, string];
+    return object.attachTracepoint(point.program, category, name);
+  }
+
+  stop(): Promise<void> {
+    return this.queue.run(async () => {
+      const object = this.object;
+      if (!object) return;
+      for (const id of this.attachments) {
+        try {
+          object.detach(id);
+        } catch (err) {
+          this.log.warn({ err: describeError(err) }, 'detach failed');
+        }
+      }
+      this.attachments = [];
+      object.close();
+      this.object = undefined;
+    });
+  }
+
+  programs(): ProgramInfo[] {
+    return this.object?.programs() ?? [];
+  }
+
+  health(): CollectorHealth {
+    return this.lastHealth;
+  }
+
+  collect(): Promise<MetricFamily[]> {
+    return this.queue.run(async () => {
+      const object = this.object;
+      if (!object) throw new Error(`${this.name} collector is not started`);
+      const now = Date.now();
+      const dumps = await Promise.all(this.views.map((v) => object.readMap(v.view.map)));
+      const out: MetricFamily[] = [];
+      this.views.forEach((state, i) => out.push(...this.collectView(object, state, dumps[i]!, now)));
+      this.lastHealth = {
+        ...(this.spec.eventsProcessed ? { eventsProcessed: this.spec.eventsProcessed(out) } : {}),
+        eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
+      };
+      return out;
+    });
+  }
+
+  private collectView(object: BpfObject, state: ViewState, dump: MapDump, now: number): MetricFamily[] {
+    const { view, series } = state;
+    const info = this.mapInfo.get(view.map);
+    if (!info) throw new Error(`${this.spec.object} has no map ${view.map}`);
+    const cpus = info.perCpu ? this.cpus : 1;
+    const stride = info.perCpu ? info.valueStride : info.valueSize;
+    const { cgroups } = this.ctx.identity;
+    const gone: number[] = [];
+    const goneIds = new Set<bigint>();
+    series.beginCollection();
+    for (let i = 0; i < dump.count; i++) {
+      const keyBytes = dump.keys.subarray(i * dump.keySize, (i + 1) * dump.keySize);
+      const cgroupId = keyBytes.readBigUInt64LE(0);
+      const keyLabels = view.keyLabels ? view.keyLabels(keyBytes) : {};
+      if (!keyLabels) continue;
+      const isGone = cgroupId !== 0n && cgroups.isGone(cgroupId);
+      const workload = (cgroupId === 0n ? undefined : cgroups.resolve(cgroupId)) ?? rootCgroup;
+      const labels = { ...this.ctx.identity.labelsFor(workload, this.spec.scope), ...keyLabels };
+      const key = `${workload}\0${Object.values(keyLabels).join('\0')}`;
+      const values = this.entryValues(dump, i, state, cpus, stride);
+      if (isGone) {
+        series.retire(key, labels, values, now);
+        gone.push(i);
+        goneIds.add(cgroupId);
+      } else {
+        series.addLive(key, labels, values, now);
+      }
+    }
+    // Final counts are kept in the series; the kernel entries of cgroups that are gone are freed.
+    if (gone.length) object.deleteKeys(view.map, selectKeys(dump, gone));
+    for (const id of goneIds) cgroups.forget(id);
+
+    const rows = series.finishCollection(now);
+    return state.families.map(({ spec, descriptor }) => {
+      if ('histogram' in spec) {
+        const offset = state.fieldCount + spec.histogram * histogramWidth;
+        const samples: HistogramSample[] = rows.map((r) => histogramSample(r.labels, r.values.slice(offset, offset + histogramWidth)));
+        return { ...descriptor, type: 'histogram', samples };
+      }
+      const samples: ScalarSample[] = rows.map((r) => ({ labels: r.labels, value: spec.value(r.values.slice(0, state.fieldCount)) }));
+      return { ...descriptor, type: spec.descriptor.type, samples };
+    });
+  }
+
+  /** [fields…, hist0 slots…, hist0 sum, hist1 …] summed over CPUs. */
+  private entryValues(dump: MapDump, index: number, state: ViewState, cpus: number, stride: number): number[] {
+    const offsets = [...(state.view.fields ?? [])];
+    for (const histOffset of state.view.histograms ?? []) {
+      for (let slot = 0; slot < histogramWidth; slot++) offsets.push(histOffset + slot * 8);
+    }
+    const values = new Array<number>(offsets.length).fill(0);
+    const base = index * dump.valueSize;
+    for (let cpu = 0; cpu < cpus; cpu++) {
+      const cpuBase = base + cpu * stride;
+      for (let j = 0; j < offsets.length; j++) values[j]! += Number(dump.values.readBigUInt64LE(cpuBase + offsets[j]!));
+    }
+    return values;
+  }
+}
