@@ -94,7 +94,8 @@ if (requirePrivileges(t, 'native addon integration tests')) {
     /** Enumerators of every enum in bpftool's raw dump of the kernel BTF: `[id] ENUM 'name' …` then `\t'NAME' val=N`. */
     const dumped = new Map<string, Map<string, bigint>>();
     let current: Map<string, bigint> | undefined;
-    for (const line of run('bpftool', ['btf', 'dump', 'file', '/sys/kernel/btf/vmlinux']).split('\n')) {
+    const dump = execFileSync('bpftool', ['btf', 'dump', 'file', '/sys/kernel/btf/vmlinux'], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, timeout: 60_000 });
+    for (const line of dump.split('\n')) {
       const type = /^\[\d+\] ENUM(?:64)? '([^']+)'/.exec(line);
       if (type) {
         current = type[1] === '(anon)' || dumped.has(type[1]!) ? undefined : new Map();
