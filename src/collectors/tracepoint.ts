@@ -237,7 +237,7 @@ export class TracepointCollector implements Collector {
         series.addLive(key, labels, values, now);
       }
     }
-    // Final counts are kept in the series; the kernel entries of cgroups that are gone are freed.
+    // Final counts are kept in the series; the kernel entries of workloads that are gone are freed.
     if (gone.length) object.deleteKeys(view.map, selectKeys(dump, gone));
     for (const id of goneIds) cgroups.forget(id);
     for (const key of goneKeys) view.keyWorkload?.forget(key);
