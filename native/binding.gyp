@@ -6,6 +6,7 @@
         "src/addon.cc",
         "src/args.cc",
         "src/attach.cc",
+        "src/btf.cc",
         "src/errors.cc",
         "src/libbpf_log.cc",
         "src/maps.cc",

@@ -28,6 +28,10 @@ export interface AgentConfig {
       maxEntries: number;
       rescanIntervalSeconds: number;
     };
+    drops: {
+      enabled: boolean;
+      maxEntries: number;
+    };
   };
 }
 
@@ -92,6 +96,17 @@ export const schema = {
         max: 60,
         default: 1,
         doc: 'How often interfaces are listed to attach to new ones and forget removed ones.',
+      },
+    },
+    drops: {
+      enabled: { kind: 'boolean', default: true, doc: 'Packet drops collector: packets the kernel dropped, by drop reason and workload (skb:kfree_skb, Linux >= 5.17).' },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 1048576,
+        default: 16384,
+        doc: 'Capacity of the kernel drop map ((workload cgroup or network namespace) × reason); a full map counts probepilot_collector_events_dropped_total.',
       },
     },
   },

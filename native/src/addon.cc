@@ -1,6 +1,7 @@
 // Entry point of probepilot.node; the typed JS face is src/bpf/addon.ts.
 #include <napi.h>
 
+#include "btf.h"
 #include "libbpf_log.h"
 #include "netlink.h"
 #include "object.h"
@@ -17,6 +18,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("disableStats", Napi::Function::New<DisableStats>(env, "disableStats"));
   exports.Set("listLinks", Napi::Function::New<ListLinks>(env, "listLinks"));
   exports.Set("netnsId", Napi::Function::New<NetnsId>(env, "netnsId"));
+  exports.Set("btfEnum", Napi::Function::New<BtfEnum>(env, "btfEnum"));
   return exports;
 }
 

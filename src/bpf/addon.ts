@@ -101,6 +101,11 @@ export interface NativeAddon {
   listLinks(): LinkInfo[];
   /** Namespace id that our namespace assigned to the netns at nsPath (e.g. /proc/PID/ns/net); -1 when none. */
   netnsId(nsPath: string): number;
+  /**
+   * The enumerators of the running kernel's enum `typeName`, from its BTF (/sys/kernel/btf/vmlinux):
+   * numbers, or bigints for values beyond 2^53. null when the kernel has no such enum; throws when it has no BTF.
+   */
+  btfEnum(typeName: string): Record<string, number | bigint> | null;
 }
 
 /** Errors thrown by the addon carry the kernel errno and libbpf's last message. */

@@ -1,8 +1,9 @@
 // Every collector the agent knows, in exposition order. A new collector is
 // one BPF file, one module and one line here.
 import type { Collector, CollectorContext } from './collector.js';
+import { dropsCollector } from './drops.js';
 import { NetworkCollector } from './network.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx)];
+  return [new NetworkCollector(ctx), dropsCollector(ctx)];
 }

@@ -32,10 +32,31 @@ export type ViewFamily =
   | { descriptor: Omit<ScalarDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; value: (fields: readonly number[]) => number }
   | { descriptor: Omit<HistogramDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; histogram: number };
 
+/** The workload a key names other than by cgroup id. */
+export interface KeyWorkload {
+  /** cgroup path of the workload. */
+  path: string;
+  /** What the key names no longer exists: the entry's final counts are kept and its kernel entry is deleted. */
+  gone: boolean;
+}
+
+/**
+ * For events the kernel could attribute to no task or socket (cgroup id 0)
+ * but to something else in the key, e.g. a network namespace.
+ */
+export interface KeyWorkloadResolver {
+  /** undefined: the node. */
+  resolve(key: Buffer): KeyWorkload | undefined;
+  /** The kernel entry of a key resolved as gone was deleted. */
+  forget(key: Buffer): void;
+}
+
 export interface MapView {
   map: string;
   /** Key bytes after the u64 cgroup id, as labels (e.g. the syscall name); undefined skips the entry. */
   keyLabels?: (key: Buffer) => Labels | undefined;
+  /** Resolves keys whose cgroup id is 0; without it they belong to the node. */
+  keyWorkload?: KeyWorkloadResolver;
   /** Byte offsets of the u64 fields in one CPU's value. */
   fields?: readonly number[];
   /** Byte offsets of struct pp_hist values in one CPU's value. */
@@ -187,28 +208,39 @@ export class TracepointCollector implements Collector {
     const { cgroups } = this.ctx.identity;
     const gone: number[] = [];
     const goneIds = new Set<bigint>();
+    const goneKeys: Buffer[] = [];
     series.beginCollection();
     for (let i = 0; i < dump.count; i++) {
       const keyBytes = dump.keys.subarray(i * dump.keySize, (i + 1) * dump.keySize);
       const cgroupId = keyBytes.readBigUInt64LE(0);
       const keyLabels = view.keyLabels ? view.keyLabels(keyBytes) : {};
       if (!keyLabels) continue;
-      const isGone = cgroupId !== 0n && cgroups.isGone(cgroupId);
-      const workload = (cgroupId === 0n ? undefined : cgroups.resolve(cgroupId)) ?? rootCgroup;
+      let isGone: boolean;
+      let workload: string;
+      if (cgroupId !== 0n) {
+        isGone = cgroups.isGone(cgroupId);
+        workload = cgroups.resolve(cgroupId) ?? rootCgroup;
+      } else {
+        const named = view.keyWorkload?.resolve(keyBytes);
+        isGone = named?.gone ?? false;
+        workload = named?.path ?? rootCgroup;
+        if (isGone) goneKeys.push(keyBytes);
+      }
       const labels = { ...this.ctx.identity.labelsFor(workload, this.spec.scope), ...keyLabels };
       const key = `${workload}\0${Object.values(keyLabels).join('\0')}`;
       const values = this.entryValues(dump, i, state, cpus, stride);
       if (isGone) {
         series.retire(key, labels, values, now);
         gone.push(i);
-        goneIds.add(cgroupId);
+        if (cgroupId !== 0n) goneIds.add(cgroupId);
       } else {
         series.addLive(key, labels, values, now);
       }
     }
-    // Final counts are kept in the series; the kernel entries of cgroups that are gone are freed.
+    // Final counts are kept in the series; the kernel entries of workloads that are gone are freed.
     if (gone.length) object.deleteKeys(view.map, selectKeys(dump, gone));
     for (const id of goneIds) cgroups.forget(id);
+    for (const key of goneKeys) view.keyWorkload?.forget(key);
 
     const rows = series.finishCollection(now);
     return state.families.map(({ spec, descriptor }) => {

@@ -6,10 +6,10 @@ import path from 'node:path';
 export const rootCgroup = '/';
 
 /** The cgroup v2 path of a process ("0::/…" in /proc/PID/cgroup); undefined when it is gone. */
-export function cgroupOfPid(pid: number): string | undefined {
+export function cgroupOfPid(pid: number, procRoot = '/proc'): string | undefined {
   let text: string;
   try {
-    text = readFileSync(`/proc/${pid}/cgroup`, 'utf8');
+    text = readFileSync(`${procRoot}/${pid}/cgroup`, 'utf8');
   } catch {
     return undefined;
   }

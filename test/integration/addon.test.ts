@@ -90,6 +90,43 @@ if (requirePrivileges(t, 'native addon integration tests')) {
     t.equal(cpus, count);
   });
 
+  t.test('btfEnum reads kernel enums exactly as bpftool dumps them', async (t) => {
+    /** Enumerators of every enum in bpftool's raw dump of the kernel BTF: `[id] ENUM 'name' …` then `\t'NAME' val=N`. */
+    const dumped = new Map<string, Map<string, bigint>>();
+    let current: Map<string, bigint> | undefined;
+    const dump = execFileSync('bpftool', ['btf', 'dump', 'file', '/sys/kernel/btf/vmlinux'], { encoding: 'utf8', maxBuffer: 256 * 1024 * 1024, timeout: 60_000 });
+    for (const line of dump.split('\n')) {
+      const type = /^\[\d+\] ENUM(?:64)? '([^']+)'/.exec(line);
+      if (type) {
+        current = type[1] === '(anon)' || dumped.has(type[1]!) ? undefined : new Map();
+        if (current) dumped.set(type[1]!, current);
+        continue;
+      }
+      const member = /^\t'([^']+)' val=(-?\d+)(?:ULL|LL)?$/.exec(line);
+      if (member) current?.set(member[1]!, BigInt(member[2]!));
+      else if (!line.startsWith('\t')) current = undefined;
+    }
+    // Unsigned with a value above 2^31, signed with negative values, and a 64-bit enum beyond 2^53.
+    for (const name of ['skb_drop_reason', 'perf_event_state', 'perf_callchain_context']) {
+      const expected = dumped.get(name);
+      if (!expected) {
+        t.fail(`bpftool shows no enum ${name} on this kernel`);
+        continue;
+      }
+      const ours = addon.btfEnum(name);
+      t.same(
+        Object.entries(ours ?? {}).map(([k, v]) => [k, BigInt(v)]),
+        [...expected],
+        `enum ${name}: ${expected.size} enumerators, same names, values and order`,
+      );
+      for (const value of Object.values(ours ?? {})) {
+        if (typeof value === 'bigint') t.ok(value > BigInt(Number.MAX_SAFE_INTEGER) || value < BigInt(Number.MIN_SAFE_INTEGER), `${value} is a bigint only beyond 2^53`);
+      }
+    }
+    t.equal(addon.btfEnum('probepilot_no_such_enum'), null, 'a missing enum is null, not an error');
+    t.throws(() => addon.btfEnum(3 as unknown as string), { errno: 22, message: /btfEnum: typeName must be a string/ });
+  });
+
   t.test('errors carry errno, code and the names involved', async (t) => {
     t.throws(() => new addon.BpfObject('/nonexistent/probepilot.bpf.o'), {
       errno: 2,

@@ -10,6 +10,7 @@ t.test('defaults are the embedded standalone agent', async (t) => {
   t.equal(config.collectors.network.attachMode, 'auto');
   t.ok(config.collectors.network.interfaces.include.includes('veth*'));
   t.same(config.collectors.network.interfaces.exclude, []);
+  t.same(config.collectors.drops, { enabled: true, maxEntries: 16384 });
 });
 
 t.test('file < environment < flags', async (t) => {
@@ -36,6 +37,8 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
     [{ collectors: { network: { attachMode: 'xdp' } } }, 'collectors.network.attachMode', /got "xdp", allowed values: auto, tcx, clsact/],
     [{ collectors: { network: { maxEntries: 10 } } }, 'collectors.network.maxEntries', /expected an integer from 1024 to 4194304/],
     [{ collectors: { network: { maxEntries: 5000.5 } } }, 'collectors.network.maxEntries', /integer/],
+    [{ collectors: { drops: { maxEntries: 100 } } }, 'collectors.drops.maxEntries', /expected an integer from 1024 to 1048576/],
+    [{ collectors: { drops: { reasons: ['NO_SOCKET'] } } }, 'collectors.drops.reasons', /allowed keys under "collectors.drops": enabled, maxEntries/],
     [{ bpfStats: 'yes' }, 'bpfStats', /allowed values: true, false/],
     [{ listen: 'localhost' }, 'listen', /expected HOST:PORT/],
     [{ listen: '1.2.3.4:70000' }, 'listen', /port from 0 to 65535/],
@@ -49,6 +52,7 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
     t.throws(() => resolveConfig({ file }), { name: 'ConfigError', key, message }, key);
   }
   t.throws(() => resolveConfig({ env: { PROBEPILOT_SERIES_GRACE_SECONDS: 'soon' } }), { key: 'seriesGraceSeconds', message: /got "soon"/ });
+  t.throws(() => resolveConfig({ env: { PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'no' } }), { key: 'collectors.drops.enabled', message: /allowed values: true, false/ });
 });
 
 t.test('environment names derive from key paths', async (t) => {

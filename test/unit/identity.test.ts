@@ -1,8 +1,9 @@
 import t from 'tap';
-import { mkdtempSync, mkdirSync, rmSync, statSync } from 'node:fs';
+import { mkdtempSync, mkdirSync, rmSync, statSync, symlinkSync, writeFileSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { CgroupPaths, commonAncestor } from '../../src/identity/cgroups.js';
+import { NetnsWorkloads } from '../../src/identity/netns.js';
 import { parseMountInfo, findCgroup2Mount } from '../../src/system/mounts.js';
 import { sanitizeLabelValue } from '../../src/metrics/model.js';
 
@@ -49,6 +50,44 @@ t.test('cgroup ids resolve to paths, new ones after a refresh, deleted ones are 
   paths.forget(gone);
   t.equal(paths.resolve(gone), undefined);
   t.equal(paths.resolve(0n), undefined, 'id 0 is "no socket", never a cgroup');
+});
+
+t.test('network namespaces resolve to workloads by inode and by id; gone ones keep their last workload', async (t) => {
+  const proc = mkdtempSync(path.join(os.tmpdir(), 'pp-proc-'));
+  t.teardown(() => rmSync(proc, { recursive: true, force: true }));
+  /** A fake /proc/PID: its ns/net link (dangling, as readlink sees it) and its cgroup file. */
+  const addProcess = (pid: string, netnsInode: number, cgroup?: string) => {
+    mkdirSync(path.join(proc, pid, 'ns'), { recursive: true });
+    symlinkSync(`net:[${netnsInode}]`, path.join(proc, pid, 'ns/net'));
+    if (cgroup) writeFileSync(path.join(proc, pid, 'cgroup'), `12:cpu:/elsewhere\n0::${cgroup}\n`);
+  };
+  const host = 4026531840;
+  const podA = 4026532001;
+  const podB = 4026532002;
+  addProcess('self', host);
+  addProcess('1', host, '/init.scope');
+  addProcess('100', podA, '/kubepods/podA/pause');
+  addProcess('101', podA, '/kubepods/podA/app');
+  addProcess('200', podB, '/podB');
+  // podA has a veth of ours leading to it (nsid 7), podB none.
+  const nsids: Record<string, number> = { [`${proc}/100/ns/net`]: 7, [`${proc}/101/ns/net`]: 7 };
+  let now = 0;
+  const netns = new NetnsWorkloads((p) => nsids[p] ?? -1, { procRoot: proc, minRefreshIntervalMs: 1000, now: () => now });
+
+  t.same(netns.resolveInode(podA), { workload: { cgroupPath: '/kubepods/podA', pids: 2 }, gone: false }, 'common ancestor of its processes');
+  t.same(netns.resolveInode(podB), { workload: { cgroupPath: '/podB', pids: 1 }, gone: false }, 'a namespace without nsid resolves by inode');
+  t.equal(netns.resolve(7)?.cgroupPath, '/kubepods/podA', 'the same workload by namespace id');
+  t.equal(netns.resolveInode(host), undefined, "the agent's own namespace is the node's");
+  t.equal(netns.resolveInode(4026532999), undefined, 'an unknown inode');
+
+  rmSync(path.join(proc, '200'), { recursive: true });
+  addProcess('300', 4026532003, '/podC');
+  t.equal(netns.resolveInode(4026532003), undefined, 'no second scan within the refresh interval');
+  now = 1000;
+  t.same(netns.resolveInode(4026532003)?.workload.cgroupPath, '/podC', 'a new namespace after the interval');
+  t.same(netns.resolveInode(podB), { workload: { cgroupPath: '/podB', pids: 1 }, gone: true }, 'a namespace with no process left is gone, with its last workload');
+  netns.forgetInode(podB);
+  t.equal(netns.resolveInode(podB), undefined, 'forgotten');
 });
 
 t.test('label values are valid UTF-8 and bounded', async (t) => {

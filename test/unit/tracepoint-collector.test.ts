@@ -5,7 +5,7 @@ import { mkdtempSync, mkdirSync, rmSync, rmdirSync, statSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import type { BpfObject, MapDump, MapInfo, NativeAddon } from '../../src/bpf/addon.js';
-import { TracepointCollector, type TracepointCollectorSpec } from '../../src/collectors/tracepoint.js';
+import { TracepointCollector, type KeyWorkloadResolver, type TracepointCollectorSpec } from '../../src/collectors/tracepoint.js';
 import { resolveConfig } from '../../src/config.js';
 import { CgroupPaths } from '../../src/identity/cgroups.js';
 import { NetnsWorkloads } from '../../src/identity/netns.js';
@@ -50,8 +50,9 @@ class FakeObject {
   deleteKeys(_map: string, keys: Buffer): number {
     for (let i = 0; i < keys.length; i += keySize) {
       const id = keys.readBigUInt64LE(i);
+      const op = keys.readUInt32LE(i + 8);
       this.deleted.push(id);
-      this.entries = this.entries.filter((e) => e.cgroupId !== id);
+      this.entries = this.entries.filter((e) => e.cgroupId !== id || e.op !== op);
     }
     return keys.length / keySize;
   }
@@ -73,7 +74,7 @@ class FakeObject {
   }
 }
 
-function setup(t: Test, attach: TracepointCollectorSpec['attach']) {
+function setup(t: Test, attach: TracepointCollectorSpec['attach'], keyWorkload?: KeyWorkloadResolver) {
   const root = mkdtempSync(path.join(os.tmpdir(), 'pp-cgroups-'));
   t.teardown(() => rmSync(root, { recursive: true, force: true }));
   mkdirSync(path.join(root, 'app.service'));
@@ -89,6 +90,7 @@ function setup(t: Test, attach: TracepointCollectorSpec['attach']) {
       {
         map: 'calls',
         keyLabels: (key) => (key.readUInt32LE(8) === 99 ? undefined : { op: key.readUInt32LE(8) === 0 ? 'read' : 'write' }),
+        ...(keyWorkload ? { keyWorkload } : {}),
         fields: [0, 8],
         histograms: [16],
         families: [
@@ -177,4 +179,36 @@ t.test('a missing tracepoint makes the collector unavailable with the reason; an
   await optional.collector.start();
   t.same(optional.fake.attached, ['q@x:present']);
   await optional.collector.stop();
+});
+
+t.test('a key resolver attributes cgroup-less keys; what it reports gone is retired and forgotten', async (t) => {
+  let namespaceGone = false;
+  const forgotten: number[] = [];
+  // Stands for a key naming a network namespace: op 1 lives in one whose workload is /pod-a.
+  const resolver: KeyWorkloadResolver = {
+    resolve: (key) => (key.readUInt32LE(8) === 1 ? { path: '/pod-a', gone: namespaceGone } : undefined),
+    forget: (key) => forgotten.push(key.readUInt32LE(8)),
+  };
+  const { fake, collector, appId } = setup(t, [{ program: 'p', tracepoint: 'skb:kfree_skb' }], resolver);
+  await collector.start();
+  fake.entries = [
+    { cgroupId: 0n, op: 1, perCpu: [[3, 0, 0, 0], [1, 0, 0, 0]] },
+    { cgroupId: 0n, op: 0, perCpu: [[2, 0, 0, 0], [0, 0, 0, 0]] },
+    { cgroupId: appId, op: 1, perCpu: [[5, 0, 0, 0], [0, 0, 0, 0]] },
+  ];
+  const calls = async () => find(await collector.collect(), 'fake_calls_total').samples.map((s) => [s.labels.cgroup, s.labels.op, (s as ScalarSample).value]);
+  t.same(await calls(), [
+    ['/pod-a', 'write', 4],
+    ['/', 'read', 2],
+    ['/app.service', 'write', 5],
+  ], 'the resolver names the workload of cgroup id 0 keys; unresolved ones are the node; cgroup ids do not consult it');
+  namespaceGone = true;
+  t.same(await calls(), [
+    ['/pod-a', 'write', 4],
+    ['/', 'read', 2],
+    ['/app.service', 'write', 5],
+  ], 'final counts kept');
+  t.same(fake.entries.map((e) => [e.cgroupId, e.op]), [[0n, 0], [appId, 1]], 'only the gone key was deleted from the kernel map');
+  t.same(forgotten, [1], 'and forgotten by the resolver');
+  await collector.stop();
 });
