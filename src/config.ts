@@ -5,6 +5,7 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { logLevels, type LogLevel } from './log.js';
+import { currentSyscallArch, defaultTrackedSyscalls, trackableSyscalls } from './collectors/syscall-table.js';
 
 export const attachModes = ['auto', 'tcx', 'clsact'] as const;
 export type AttachModeSetting = (typeof attachModes)[number];
@@ -32,6 +33,12 @@ export interface AgentConfig {
       enabled: boolean;
       maxEntries: number;
     };
+    syscalls: {
+      enabled: boolean;
+      tracked: string[];
+      maxEntries: number;
+      maxThreads: number;
+    };
   };
 }
 
@@ -41,7 +48,8 @@ type Leaf =
   | { kind: 'boolean'; default: boolean; doc: string }
   | { kind: 'number'; integer: boolean; min: number; max: number; default: number; doc: string }
   | { kind: 'string'; default: string; doc: string }
-  | { kind: 'globs'; default: readonly string[]; doc: string };
+  | { kind: 'globs'; default: readonly string[]; doc: string }
+  | { kind: 'names'; values: readonly string[]; default: readonly string[]; doc: string };
 
 interface Section {
   [key: string]: Leaf | Section;
@@ -109,6 +117,31 @@ export const schema = {
         doc: 'Capacity of the kernel drop map ((workload cgroup or network namespace) × reason); a full map counts probepilot_collector_events_dropped_total.',
       },
     },
+    syscalls: {
+      enabled: { kind: 'boolean', default: true, doc: 'Syscalls collector: calls, failures and latency per workload and tracked syscall (raw_syscalls).' },
+      tracked: {
+        kind: 'names',
+        values: trackableSyscalls(currentSyscallArch() ?? 'x64'),
+        default: defaultTrackedSyscalls,
+        doc: 'Syscalls exported by name; every other syscall is counted as syscall="other".',
+      },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Capacity of the kernel syscall map (workload × tracked syscall); a full map counts probepilot_collector_events_dropped_total.',
+      },
+      maxThreads: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 65536,
+        doc: 'Threads whose syscall entry time is kept at once (LRU); beyond that the oldest entries are evicted and their syscalls go uncounted.',
+      },
+    },
   },
 } as const satisfies Section;
 
@@ -165,6 +198,13 @@ function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean
         throw new ConfigError(key, `got ${describe(value)}, expected ${kind} from ${leaf.min} to ${leaf.max}`);
       }
       return number;
+    }
+    case 'names': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      if (!Array.isArray(list)) throw new ConfigError(key, `got ${describe(value)}, expected a list of names from: ${leaf.values.join(', ')}`);
+      const unknown = list.filter((item) => typeof item !== 'string' || !leaf.values.includes(item));
+      if (unknown.length) throw new ConfigError(key, `got ${describe(unknown.length === 1 ? unknown[0] : unknown)}, allowed values: ${leaf.values.join(', ')}`);
+      return [...new Set(list as string[])];
     }
     case 'globs': {
       const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;

@@ -5,7 +5,7 @@
 // running kernel's BTF, never from numbers compiled in here.
 import { CollectorUnavailableError, type Collector, type CollectorContext } from './collector.js';
 import { decodeDropKey, DropReasonNames } from './drops-decode.js';
-import { TracepointCollector, type KeyWorkloadResolver } from './tracepoint.js';
+import { familyTotal, TracepointCollector, type KeyWorkloadResolver } from './tracepoint.js';
 
 const dropsFamily = 'probepilot_packet_drops_total';
 
@@ -64,8 +64,7 @@ export function dropsCollector(ctx: CollectorContext): Collector {
         object.setConst('consumed_reason', u32(reasons.consumed ?? 0xffff_ffff));
         object.setMapMaxEntries('drop_counts', maxEntries);
       },
-      eventsProcessed: (families) =>
-        families.find((f) => f.name === dropsFamily)?.samples.reduce((total, s) => total + ('value' in s ? s.value : 0), 0) ?? 0,
+      eventsProcessed: (families) => familyTotal(families, dropsFamily),
     },
     ctx,
   );

@@ -3,7 +3,8 @@
 import type { Collector, CollectorContext } from './collector.js';
 import { dropsCollector } from './drops.js';
 import { NetworkCollector } from './network.js';
+import { syscallsCollector } from './syscalls.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), dropsCollector(ctx)];
+  return [new NetworkCollector(ctx), syscallsCollector(ctx), dropsCollector(ctx)];
 }

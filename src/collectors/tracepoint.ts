@@ -269,3 +269,10 @@ export class TracepointCollector implements Collector {
     return values;
   }
 }
+
+/** Sum of a counter or gauge family's samples: what most collectors report as events processed. */
+export function familyTotal(families: readonly MetricFamily[], name: string): number {
+  const family = families.find((f) => f.name === name);
+  if (!family || family.type === 'histogram') return 0;
+  return family.samples.reduce((total, s) => total + s.value, 0);
+}
