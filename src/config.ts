@@ -39,6 +39,15 @@ export interface AgentConfig {
       maxEntries: number;
       maxThreads: number;
     };
+    sched: {
+      enabled: boolean;
+      maxEntries: number;
+      maxTasks: number;
+    };
+    process: {
+      enabled: boolean;
+      maxEntries: number;
+    };
   };
 }
 
@@ -140,6 +149,36 @@ export const schema = {
         max: 4194304,
         default: 65536,
         doc: 'Threads whose syscall entry time is kept at once (LRU); beyond that the oldest entries are evicted and their syscalls go uncounted.',
+      },
+    },
+    sched: {
+      enabled: { kind: 'boolean', default: true, doc: 'Sched collector: run-queue latency per workload (sched_wakeup, sched_wakeup_new, sched_switch).' },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Capacity of the kernel run-queue latency map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
+      },
+      maxTasks: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 65536,
+        doc: 'Runnable tasks whose wait start is kept at once (LRU); beyond that the oldest are evicted and their wait goes unmeasured.',
+      },
+    },
+    process: {
+      enabled: { kind: 'boolean', default: true, doc: 'Process collector: execs and OOM kills per workload (sched_process_exec, mark_victim).' },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Capacity of the kernel process-event map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
       },
     },
   },

@@ -3,8 +3,10 @@
 import type { Collector, CollectorContext } from './collector.js';
 import { dropsCollector } from './drops.js';
 import { NetworkCollector } from './network.js';
+import { processCollector } from './process.js';
+import { schedCollector } from './sched.js';
 import { syscallsCollector } from './syscalls.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), syscallsCollector(ctx), dropsCollector(ctx)];
+  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
 }

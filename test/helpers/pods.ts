@@ -48,6 +48,8 @@ export interface RunOptions {
   /** Default: all pipes. */
   stdio?: StdioOptions;
   env?: NodeJS.ProcessEnv;
+  /** Other cgroup directories to join first (e.g. a v1 memory cgroup on a hybrid host, which /sys inside the netns no longer shows). */
+  alsoJoin?: readonly string[];
 }
 
 export interface Pod {
@@ -332,7 +334,8 @@ class TestPod implements Pod {
   run(cmd: string, args: readonly string[], opts: RunOptions = {}): ChildProcess {
     // Joining the cgroup from inside the child before exec means no instant of
     // the workload runs outside it (as runc does); $0 is the cgroup dir.
-    const script = 'echo $$ > "$0/cgroup.procs" && exec ip netns exec "$@"';
+    const joins = (opts.alsoJoin ?? []).map((dir) => `echo $$ > '${dir.replaceAll("'", "'\\''")}/cgroup.procs' && `).join('');
+    const script = `${joins}echo $$ > "$0/cgroup.procs" && exec ip netns exec "$@"`;
     return spawn('sh', ['-c', script, this.cgroupDir, this.netns, cmd, ...args], {
       stdio: opts.stdio ?? 'pipe',
       env: opts.env ?? process.env,

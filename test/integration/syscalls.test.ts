@@ -3,14 +3,11 @@
 // (not tracked here, so "other"). Two workloads with different counts must
 // each get exactly their own: neither leaks into the other's series.
 import t from 'tap';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { startAgent } from '../helpers/agent.js';
 import { checkExposition, parseExposition, sumSamples, type MetricFamily } from '../helpers/exposition.js';
-import { execChecked } from '../helpers/proc.js';
+import { compileWorkload } from '../helpers/workload.js';
 
 const tolerance = 0.001;
 
@@ -33,11 +30,7 @@ function syscallValue(families: MetricFamily[], name: string, pod: Pod, syscall:
 
 t.test('syscalls are counted exactly, with their errors and latency, per workload', async (t) => {
   if (!requirePrivileges(t, 'syscalls collector on raw_syscalls')) return;
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'pp-syscalls-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  writeFileSync(path.join(dir, 'workload.c'), workloadSource);
-  const binary = path.join(dir, 'workload');
-  await execChecked('gcc', ['-O1', '-o', binary, path.join(dir, 'workload.c')]);
+  const binary = await compileWorkload(t, 'syscalls', workloadSource);
 
   const net = await createTestNetwork();
   t.teardown(() => net.destroy());
