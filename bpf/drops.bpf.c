@@ -15,10 +15,6 @@
 #include <bpf/bpf_core_read.h>
 #include "probepilot.h"
 
-/* include/net/tcp_states.h: minisockets, which end before sk_cgrp_data. */
-#define TCP_TIME_WAIT 6
-#define TCP_NEW_SYN_RECV 12
-
 /* From the kernel's BTF: the reason of a packet that was consumed, not
  * dropped. Kernels 6.0 to 6.2 report it on kfree_skb; later ones use
  * consume_skb instead. No such reason: ~0. */
@@ -40,19 +36,6 @@ struct {
 
 static const __u64 zero_count;
 
-static __always_inline __u64 socket_cgroup_id(struct sock *sk)
-{
-	__u8 state = BPF_CORE_READ(sk, __sk_common.skc_state);
-
-	if (state == TCP_TIME_WAIT || state == TCP_NEW_SYN_RECV)
-		return 0;
-	/* A kernel socket (a namespace's ICMP or TCP reset socket) has the
-	 * cgroup of whoever created the namespace: it speaks for the namespace. */
-	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
-		return 0;
-	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
-}
-
 SEC("tp/skb/kfree_skb")
 int pp_drops_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
 {
@@ -69,7 +52,7 @@ int pp_drops_kfree_skb(struct trace_event_raw_kfree_skb *ctx)
 	if (!sk && bpf_core_field_exists(ctx->rx_sk))
 		sk = ctx->rx_sk;
 	if (sk)
-		key.cgroup_id = socket_cgroup_id(sk);
+		key.cgroup_id = pp_sock_cgroup_id(sk);
 	if (!key.cgroup_id) {
 		dev = BPF_CORE_READ(skb, dev);
 		if (dev)

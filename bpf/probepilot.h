@@ -54,6 +54,28 @@ static __always_inline __u64 pp_task_cgroup_id(struct task_struct *task)
 	return BPF_CORE_READ(task, cgroups, dfl_cgrp, kn, id);
 }
 
+/* include/net/tcp_states.h: minisockets, which end before sk_cgrp_data. */
+#define PP_TCP_TIME_WAIT 6
+#define PP_TCP_NEW_SYN_RECV 12
+
+/* The cgroup of the workload that created a socket; 0 when the socket
+ * cannot say: a minisocket (time-wait, SYN-received) has no cgroup data,
+ * and a kernel socket (a namespace's ICMP or TCP reset socket) has the
+ * cgroup of whoever created the namespace — it speaks for the namespace. */
+static __always_inline __u64 pp_sock_cgroup_id(struct sock *sk)
+{
+	__u8 state;
+
+	if (!sk)
+		return 0;
+	state = BPF_CORE_READ(sk, __sk_common.skc_state);
+	if (state == PP_TCP_TIME_WAIT || state == PP_TCP_NEW_SYN_RECV)
+		return 0;
+	if (BPF_CORE_READ_BITFIELD_PROBED(sk, sk_kern_sock))
+		return 0;
+	return BPF_CORE_READ(sk, sk_cgrp_data.cgroup, kn, id);
+}
+
 /* Latency histograms: slot k counts values in [2^k, 2^(k+1)) ns (slot 0
  * also takes 0); the last slot takes everything above. Userspace folds the
  * slots into Prometheus buckets with le = 2^(k+1) ns (src/metrics/histogram.ts). */

@@ -48,6 +48,11 @@ export interface AgentConfig {
       enabled: boolean;
       maxEntries: number;
     };
+    tcp: {
+      enabled: boolean;
+      maxEntries: number;
+      maxConnecting: number;
+    };
   };
 }
 
@@ -168,6 +173,29 @@ export const schema = {
         max: 4194304,
         default: 65536,
         doc: 'Runnable tasks whose wait start is kept at once (LRU); beyond that the oldest are evicted and their wait goes unmeasured.',
+      },
+    },
+    tcp: {
+      enabled: {
+        kind: 'boolean',
+        default: true,
+        doc: 'TCP collector: connections, connect latency, RTT, retransmits and resets per workload (sock:inet_sock_set_state, tcp:* tracepoints).',
+      },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Capacity of the kernel TCP statistics map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
+      },
+      maxConnecting: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 65536,
+        doc: 'Connects in progress whose SYN time is kept at once (LRU); beyond that the oldest are evicted and their latency goes unmeasured.',
       },
     },
     process: {

@@ -6,7 +6,8 @@ import { NetworkCollector } from './network.js';
 import { processCollector } from './process.js';
 import { schedCollector } from './sched.js';
 import { syscallsCollector } from './syscalls.js';
+import { tcpCollector } from './tcp.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
+  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
 }

@@ -29,8 +29,12 @@ type HistogramDescriptor = FamilyDescriptor & { type: 'histogram' };
  * entries); histograms come from a struct pp_hist in the value.
  */
 export type ViewFamily =
-  | { descriptor: Omit<ScalarDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; value: (fields: readonly number[]) => number }
+  | { descriptor: Omit<ScalarDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; value: FieldValue }
+  /** Several samples per entry, told apart by extra labels (e.g. side="client" and side="server" from two fields). */
+  | { descriptor: Omit<ScalarDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; split: ReadonlyArray<{ labels: Labels; value: FieldValue }> }
   | { descriptor: Omit<HistogramDescriptor, 'labelNames'> & { labelNames?: readonly string[] }; histogram: number };
+
+type FieldValue = (fields: readonly number[]) => number;
 
 /** The workload a key names other than by cgroup id. */
 export interface KeyWorkload {
@@ -249,7 +253,11 @@ export class TracepointCollector implements Collector {
         const samples: HistogramSample[] = rows.map((r) => histogramSample(r.labels, r.values.slice(offset, offset + histogramWidth)));
         return { ...descriptor, type: 'histogram', samples };
       }
-      const samples: ScalarSample[] = rows.map((r) => ({ labels: r.labels, value: spec.value(r.values.slice(0, state.fieldCount)) }));
+      const parts = 'split' in spec ? spec.split : [{ labels: {}, value: spec.value }];
+      const samples: ScalarSample[] = rows.flatMap((r) => {
+        const fields = r.values.slice(0, state.fieldCount);
+        return parts.map((part) => ({ labels: { ...r.labels, ...part.labels }, value: part.value(fields) }));
+      });
       return { ...descriptor, type: spec.descriptor.type, samples };
     });
   }

@@ -96,6 +96,13 @@ function setup(t: Test, attach: TracepointCollectorSpec['attach'], keyWorkload?:
         families: [
           { descriptor: { name: 'fake_calls_total', help: 'h', type: 'counter', labelNames: ['op'] }, value: ([calls]) => calls! },
           { descriptor: { name: 'fake_ok', help: 'h', type: 'gauge', labelNames: ['op'] }, value: ([calls, errors]) => calls! - errors! },
+          {
+            descriptor: { name: 'fake_outcomes_total', help: 'h', type: 'counter', labelNames: ['op', 'outcome'] },
+            split: [
+              { labels: { outcome: 'ok' }, value: ([calls, errors]) => calls! - errors! },
+              { labels: { outcome: 'error' }, value: ([, errors]) => errors! },
+            ],
+          },
           { descriptor: { name: 'fake_latency_seconds', help: 'h', type: 'histogram', labelNames: ['op'] }, histogram: 0 },
         ],
       },
@@ -118,6 +125,7 @@ t.test('per-CPU values are summed and labelled with the workload and the key', a
     [
       ['fake_calls_total', ['cgroup', 'op']],
       ['fake_ok', ['cgroup', 'op']],
+      ['fake_outcomes_total', ['cgroup', 'op', 'outcome']],
       ['fake_latency_seconds', ['cgroup', 'op']],
     ],
   );
@@ -133,6 +141,14 @@ t.test('per-CPU values are summed and labelled with the workload and the key', a
     { labels: { cgroup: '/', op: 'write' }, value: 7 },
   ], 'cgroup id 0 is the node; a key the view skips is not exported');
   t.equal((find(families, 'fake_ok').samples[0] as ScalarSample).value, 12);
+  t.same(
+    find(families, 'fake_outcomes_total').samples.filter((s) => s.labels.cgroup === '/app.service'),
+    [
+      { labels: { cgroup: '/app.service', op: 'read', outcome: 'ok' }, value: 12 },
+      { labels: { cgroup: '/app.service', op: 'read', outcome: 'error' }, value: 3 },
+    ],
+    'a split family gives one sample per part, with its labels',
+  );
   const latency = find(families, 'fake_latency_seconds');
   if (latency.type !== 'histogram') throw new Error('not a histogram');
   const sample = latency.samples[0]!;

@@ -1,0 +1,208 @@
+// The TCP collector against the kernel's own accounting: two pods, a client
+// and a server. Connections are counted on each side, connect latency once
+// per connect, RTT against `ss -tin`, retransmits (induced by a random-drop
+// rule in the receiver) against the sender's TcpRetransSegs, and the reset a
+// refused connect receives.
+import t, { type Test } from 'tap';
+import type { ChildProcess } from 'node:child_process';
+import { createInterface } from 'node:readline';
+import { requirePrivileges } from '../helpers/env.js';
+import { createTestNetwork, type Pod } from '../helpers/pods.js';
+import { startAgent, type AgentProcess } from '../helpers/agent.js';
+import { parseExposition, sumSamples, type LabelFilter } from '../helpers/exposition.js';
+import { execChecked } from '../helpers/proc.js';
+import { waitFor } from '../helpers/wait.js';
+
+const port = 5001;
+const closedPort = 5999;
+const connections = 20;
+
+/** Accepts everything on [::]:port (IPv4 too), reads and discards. */
+const serverScript = `
+const net = require('node:net');
+const server = net.createServer((s) => { s.on('data', () => {}); s.on('error', () => {}); });
+server.listen(${port}, '::', () => console.log('ready'));
+`;
+
+/**
+ * argv: host… Connects once to each host (in order), waits until all are
+ * established, then per stdin line: "send N" writes N bytes of 1 KiB
+ * messages 5 ms apart on every connection, "close" ends them and exits.
+ */
+const clientScript = `
+const net = require('node:net');
+const rl = require('node:readline').createInterface({ input: process.stdin });
+const hosts = process.argv.slice(1);
+const sockets = hosts.map((host) => net.connect({ host, port: ${port}, noDelay: true }));
+let connected = 0;
+for (const s of sockets) {
+  s.on('error', (err) => { console.log('error ' + err.code); });
+  s.on('connect', () => { if (++connected === sockets.length) console.log('connected'); });
+}
+rl.on('line', async (line) => {
+  const [cmd, arg] = line.split(' ');
+  if (cmd === 'send') {
+    for (let sent = 0; sent < Number(arg); sent += 1024) {
+      for (const s of sockets) s.write(Buffer.alloc(1024, 120));
+      await new Promise((r) => setTimeout(r, 5));
+    }
+    await Promise.all(sockets.map((s) => new Promise((r) => (s.writableLength === 0 ? r() : s.once('drain', r)))));
+    console.log('sent');
+  } else if (cmd === 'close') {
+    await Promise.all(sockets.map((s) => new Promise((r) => s.end(r))));
+    console.log('closed');
+    process.exit(0);
+  }
+});
+`;
+
+/** One connect to a closed port: the kernel answers the SYN with a reset. */
+const refusedScript = `
+require('node:net').connect({ host: process.argv[1], port: ${closedPort} }).on('error', (err) => { console.log(err.code); process.exit(0); });
+`;
+
+interface Script {
+  child: ChildProcess;
+  line(expected: string): Promise<void>;
+  send(line: string): void;
+}
+
+function runScript(t: Test, pod: Pod, source: string, args: string[] = []): Script {
+  const child = pod.run(process.execPath, ['-e', source, ...args]);
+  t.teardown(() => {
+    child.kill('SIGKILL');
+  });
+  const lines: string[] = [];
+  createInterface({ input: child.stdout! }).on('line', (l) => lines.push(l));
+  let stderr = '';
+  child.stderr!.on('data', (chunk: Buffer) => (stderr += chunk.toString()));
+  return {
+    child,
+    line: (expected) =>
+      waitFor(() => lines.includes(expected), { timeoutMs: 30_000, what: `"${expected}" from a script in ${pod.name} (so far: ${lines.join('|')} ${stderr})` }).then(() => {
+        lines.splice(lines.indexOf(expected), 1);
+      }),
+    send: (line) => child.stdin!.write(`${line}\n`),
+  };
+}
+
+async function metric(agent: AgentProcess, name: string, filter: LabelFilter): Promise<number> {
+  return sumSamples(parseExposition(await agent.metrics()), name, filter);
+}
+
+/** RetransSegs of the Tcp: line in /proc/net/snmp of a pod's namespace. */
+async function retransSegs(pod: Pod): Promise<number> {
+  const snmp = await execChecked('ip', ['netns', 'exec', pod.netns, 'cat', '/proc/net/snmp']);
+  const [header, values] = snmp.split('\n').filter((l) => l.startsWith('Tcp:'));
+  const column = header!.split(/\s+/).indexOf('RetransSegs');
+  return Number(values!.split(/\s+/)[column]);
+}
+
+t.test('TCP connections, latency, RTT, retransmits and resets against the kernel', async (t) => {
+  if (!requirePrivileges(t, 'tcp collector on tracepoints')) return;
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const client = await net.addPod({ layout: 'systemd' });
+  const server = await net.addPod({ layout: 'plain' });
+  const agent = await startAgent({
+    env: {
+      PROBEPILOT_COLLECTORS_NETWORK_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_SCHED_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_SYSCALLS_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_PROCESS_ENABLED: 'false',
+    },
+  });
+  t.teardown(() => agent.stop());
+  const of = (pod: Pod, labels: LabelFilter = {}) => ({ cgroup: pod.cgroupPath, ...labels });
+
+  const listener = runScript(t, server, serverScript);
+  await listener.line('ready');
+
+  await t.test(`${connections} connections, IPv4 and IPv6: counted per side, active while open`, async (t) => {
+    const hosts = Array.from({ length: connections }, (_, i) => (i % 2 ? server.ipv6 : server.ipv4));
+    const conns = runScript(t, client, clientScript, hosts);
+    await conns.line('connected');
+    // The server side completes its handshake when the last ACK arrives: wait for the kernel to get there.
+    await waitFor(async () => (await metric(agent, 'probepilot_tcp_connections_active', of(server))) === connections, {
+      timeoutMs: 10_000,
+      what: 'server-side connections to be established',
+    });
+    t.equal(await metric(agent, 'probepilot_tcp_connections_opened_total', of(client, { side: 'client' })), connections, `client pod opened ${connections} as client`);
+    t.equal(await metric(agent, 'probepilot_tcp_connections_opened_total', of(client, { side: 'server' })), 0, 'and none as server');
+    t.equal(await metric(agent, 'probepilot_tcp_connections_opened_total', of(server, { side: 'server' })), connections, `server pod accepted ${connections}`);
+    t.equal(await metric(agent, 'probepilot_tcp_connections_active', of(client)), connections, 'client pod: all active');
+    t.equal(await metric(agent, 'probepilot_tcp_connect_latency_seconds_count', of(client)), connections, 'one connect latency per connect');
+    const latency = await metric(agent, 'probepilot_tcp_connect_latency_seconds_sum', of(client));
+    t.ok(latency > 0 && latency / connections < 0.1, `mean connect latency ${((latency / connections) * 1e6).toFixed(1)} µs over a local veth`);
+
+    conns.send('close');
+    await conns.line('closed');
+    for (const pod of [client, server]) {
+      await waitFor(async () => (await metric(agent, 'probepilot_tcp_connections_active', of(pod))) === 0, {
+        timeoutMs: 10_000,
+        what: `${pod.name}'s connections to close`,
+      });
+    }
+    t.pass('active connections went back to 0 on both sides after close');
+    t.equal(await metric(agent, 'probepilot_tcp_rtt_seconds_count', of(client)), connections, 'one RTT observation per closed connection');
+  });
+
+  await t.test('smoothed RTT matches ss -tin', async (t) => {
+    const conn = runScript(t, client, clientScript, [server.ipv4]);
+    await conn.line('connected');
+    conn.send('send 65536');
+    await conn.line('sent');
+    const ss = await execChecked('ip', ['netns', 'exec', client.netns, 'ss', '-tinH', 'dst', server.ipv4, 'dport', `= :${port}`]);
+    const match = /\brtt:([\d.]+)\//.exec(ss);
+    t.ok(match, `ss shows the connection's rtt (${ss.trim().replace(/\s+/g, ' ')})`);
+    const ssRttSeconds = Number(match?.[1]) / 1e3;
+    const before = {
+      count: await metric(agent, 'probepilot_tcp_rtt_seconds_count', of(client)),
+      sum: await metric(agent, 'probepilot_tcp_rtt_seconds_sum', of(client)),
+    };
+    conn.send('close');
+    await conn.line('closed');
+    await waitFor(async () => (await metric(agent, 'probepilot_tcp_rtt_seconds_count', of(client))) === before.count + 1, {
+      timeoutMs: 10_000,
+      what: 'the RTT observation of the closed connection',
+    });
+    const rtt = (await metric(agent, 'probepilot_tcp_rtt_seconds_sum', of(client))) - before.sum;
+    // ss prints µs resolution; srtt moves a little between ss and close (the FIN's ACK): 50 % or 20 µs.
+    const slack = Math.max(ssRttSeconds * 0.5, 20e-6);
+    t.ok(Math.abs(rtt - ssRttSeconds) <= slack, `exported RTT ${(rtt * 1e6).toFixed(1)} µs vs ss ${(ssRttSeconds * 1e6).toFixed(1)} µs (tolerance ±${(slack * 1e6).toFixed(0)} µs)`);
+  });
+
+  await t.test('retransmits match the sender\'s TcpRetransSegs', async (t) => {
+    // Every 8th segment arriving at the server is dropped: the client must retransmit.
+    const rules = `table inet pp_tcp {\n chain input {\n type filter hook input priority 0; policy accept;\n tcp dport ${port} numgen random mod 8 == 0 drop\n }\n}\n`;
+    await execChecked('ip', ['netns', 'exec', server.netns, 'nft', '-f', '-'], { input: rules });
+    const kernelBefore = await retransSegs(client);
+    const exportedBefore = await metric(agent, 'probepilot_tcp_retransmits_total', of(client));
+    const conn = runScript(t, client, clientScript, [server.ipv4, server.ipv6]);
+    await conn.line('connected');
+    conn.send('send 262144');
+    await conn.line('sent');
+    conn.send('close');
+    await conn.line('closed');
+    await execChecked('ip', ['netns', 'exec', server.netns, 'nft', 'delete', 'table', 'inet', 'pp_tcp']);
+    const kernel = (await retransSegs(client)) - kernelBefore;
+    const exported = (await metric(agent, 'probepilot_tcp_retransmits_total', of(client))) - exportedBefore;
+    t.ok(kernel > 10, `the drop rule caused retransmits (${kernel} segments)`);
+    const error = Math.abs(exported - kernel) / kernel;
+    t.ok(error <= 0.02, `exported ${exported} retransmitted segments vs TcpRetransSegs ${kernel} (${(error * 100).toFixed(2)} % off, tolerance 2 %)`);
+    t.equal(await metric(agent, 'probepilot_tcp_retransmits_total', of(server)), 0, 'the server pod retransmitted nothing');
+  });
+
+  await t.test('a refused connect receives a reset', async (t) => {
+    const received = await metric(agent, 'probepilot_tcp_resets_total', of(client, { direction: 'received' }));
+    const refused = runScript(t, client, refusedScript, [server.ipv4]);
+    await refused.line('ECONNREFUSED');
+    t.equal(await metric(agent, 'probepilot_tcp_resets_total', of(client, { direction: 'received' })) - received, 1, 'the client pod received one reset');
+    t.equal(await metric(agent, 'probepilot_tcp_resets_total', of(server, { direction: 'sent' })), 0, 'a reset from a closed port is no workload\'s: not the server pod\'s');
+    t.ok((await metric(agent, 'probepilot_tcp_resets_total', { cgroup: '/', direction: 'sent' })) >= 1, 'it is the node\'s');
+  });
+
+  t.equal(await agent.stop(), 0, 'agent exits cleanly');
+  t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
+});
