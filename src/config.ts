@@ -53,6 +53,11 @@ export interface AgentConfig {
       maxEntries: number;
       maxConnecting: number;
     };
+    block: {
+      enabled: boolean;
+      maxEntries: number;
+      maxInflight: number;
+    };
   };
 }
 
@@ -196,6 +201,25 @@ export const schema = {
         max: 4194304,
         default: 65536,
         doc: 'Connects in progress whose SYN time is kept at once (LRU); beyond that the oldest are evicted and their latency goes unmeasured.',
+      },
+    },
+    block: {
+      enabled: { kind: 'boolean', default: true, doc: 'Block collector: reads and writes per workload and disk (block_io_start, block_rq_issue, block_io_done; Linux >= 6.5).' },
+      maxEntries: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Capacity of the kernel block I/O map (workload × disk × operation); a full map counts probepilot_collector_events_dropped_total.',
+      },
+      maxInflight: {
+        kind: 'number',
+        integer: true,
+        min: 1024,
+        max: 4194304,
+        default: 16384,
+        doc: 'Requests in flight whose issuer and issue time are kept at once (LRU); beyond that the oldest are evicted and go uncounted.',
       },
     },
     process: {

@@ -1,5 +1,6 @@
 // Every collector the agent knows, in exposition order. A new collector is
 // one BPF file, one module and one line here.
+import { blockCollector } from './block.js';
 import type { Collector, CollectorContext } from './collector.js';
 import { dropsCollector } from './drops.js';
 import { NetworkCollector } from './network.js';
@@ -9,5 +10,5 @@ import { syscallsCollector } from './syscalls.js';
 import { tcpCollector } from './tcp.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
+  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), blockCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
 }
