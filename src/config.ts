@@ -74,6 +74,11 @@ interface Section {
   [key: string]: Leaf | Section;
 }
 
+/** Capacity of a kernel map: entries, from 1024 up to `max`. */
+function mapCapacity(defaultEntries: number, doc: string, max = 4194304): Leaf {
+  return { kind: 'number', integer: true, min: 1024, max, default: defaultEntries, doc };
+}
+
 export const schema = {
   listen: { kind: 'listen', default: '0.0.0.0:9742', doc: 'HOST:PORT of the HTTP server (/metrics, /healthz, /readyz).' },
   logLevel: { kind: 'enum', values: logLevels, default: 'info', doc: 'Log level of the JSON logs on stdout.' },
@@ -108,14 +113,7 @@ export const schema = {
         },
         exclude: { kind: 'globs', default: [], doc: 'Interfaces never attached to, even when included.' },
       },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 65536,
-        doc: 'Capacity of the kernel traffic map (workload × direction × protocol × family); a full map counts probepilot_collector_events_dropped_total.',
-      },
+      maxEntries: mapCapacity(65536, 'Capacity of the kernel traffic map (workload × direction × protocol × family); a full map counts probepilot_collector_events_dropped_total.'),
       rescanIntervalSeconds: {
         kind: 'number',
         integer: false,
@@ -127,14 +125,7 @@ export const schema = {
     },
     drops: {
       enabled: { kind: 'boolean', default: true, doc: 'Packet drops collector: packets the kernel dropped, by drop reason and workload (skb:kfree_skb, Linux >= 5.17).' },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 1048576,
-        default: 16384,
-        doc: 'Capacity of the kernel drop map ((workload cgroup or network namespace) × reason); a full map counts probepilot_collector_events_dropped_total.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel drop map ((workload cgroup or network namespace) × reason); a full map counts probepilot_collector_events_dropped_total.', 1048576),
     },
     syscalls: {
       enabled: { kind: 'boolean', default: true, doc: 'Syscalls collector: calls, failures and latency per workload and tracked syscall (raw_syscalls).' },
@@ -144,41 +135,13 @@ export const schema = {
         default: defaultTrackedSyscalls,
         doc: 'Syscalls exported by name; every other syscall is counted as syscall="other".',
       },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Capacity of the kernel syscall map (workload × tracked syscall); a full map counts probepilot_collector_events_dropped_total.',
-      },
-      maxThreads: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 65536,
-        doc: 'Threads whose syscall entry time is kept at once (LRU); beyond that the oldest entries are evicted and their syscalls go uncounted.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel syscall map (workload × tracked syscall); a full map counts probepilot_collector_events_dropped_total.'),
+      maxThreads: mapCapacity(65536, 'Threads whose syscall entry time is kept at once (LRU); beyond that the oldest entries are evicted and their syscalls go uncounted.'),
     },
     sched: {
       enabled: { kind: 'boolean', default: true, doc: 'Sched collector: run-queue latency per workload (sched_wakeup, sched_wakeup_new, sched_switch).' },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Capacity of the kernel run-queue latency map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
-      },
-      maxTasks: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 65536,
-        doc: 'Runnable tasks whose wait start is kept at once (LRU); beyond that the oldest are evicted and their wait goes unmeasured.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel run-queue latency map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.'),
+      maxTasks: mapCapacity(65536, 'Runnable tasks whose wait start is kept at once (LRU); beyond that the oldest are evicted and their wait goes unmeasured.'),
     },
     tcp: {
       enabled: {
@@ -186,52 +149,17 @@ export const schema = {
         default: true,
         doc: 'TCP collector: connections, connect latency, RTT, retransmits and resets per workload (sock:inet_sock_set_state, tcp:* tracepoints).',
       },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Capacity of the kernel TCP statistics map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
-      },
-      maxConnecting: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 65536,
-        doc: 'Connects in progress whose SYN time is kept at once (LRU); beyond that the oldest are evicted and their latency goes unmeasured.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel TCP statistics map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.'),
+      maxConnecting: mapCapacity(65536, 'Connects in progress whose SYN time is kept at once (LRU); beyond that the oldest are evicted and their latency goes unmeasured.'),
     },
     block: {
       enabled: { kind: 'boolean', default: true, doc: 'Block collector: reads and writes per workload and disk (block_io_start, block_rq_issue, block_io_done; Linux >= 6.5).' },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Capacity of the kernel block I/O map (workload × disk × operation); a full map counts probepilot_collector_events_dropped_total.',
-      },
-      maxInflight: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Requests in flight whose issuer and issue time are kept at once (LRU); beyond that the oldest are evicted and go uncounted.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel block I/O map (workload × disk × operation); a full map counts probepilot_collector_events_dropped_total.'),
+      maxInflight: mapCapacity(16384, 'Requests in flight whose issuer and issue time are kept at once (LRU); beyond that the oldest are evicted and go uncounted.'),
     },
     process: {
       enabled: { kind: 'boolean', default: true, doc: 'Process collector: execs and OOM kills per workload (sched_process_exec, mark_victim).' },
-      maxEntries: {
-        kind: 'number',
-        integer: true,
-        min: 1024,
-        max: 4194304,
-        default: 16384,
-        doc: 'Capacity of the kernel process-event map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.',
-      },
+      maxEntries: mapCapacity(16384, 'Capacity of the kernel process-event map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.'),
     },
   },
 } as const satisfies Section;
