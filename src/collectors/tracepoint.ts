@@ -77,8 +77,6 @@ export interface TracepointCollectorSpec {
   views: readonly MapView[];
   /** Map sizes, .rodata settings: before load. */
   beforeLoad?: (object: BpfObject) => void;
-  /** Filling configuration maps: after load, before attach. */
-  afterLoad?: (object: BpfObject) => void;
   /** What the collector's events are, read from its series as of the last collection. */
   eventsProcessed?: (families: readonly MetricFamily[]) => number;
 }
@@ -88,6 +86,8 @@ interface ViewState {
   families: Array<{ spec: ViewFamily; descriptor: FamilyDescriptor }>;
   series: CounterSeries;
   fieldCount: number;
+  /** Byte offset in one CPU's value of every u64 an entry reads: [fields…, hist0 slots…, hist0 sum, hist1 …]. */
+  offsets: number[];
 }
 
 const histogramWidth = histogramSlots + 1;
@@ -114,11 +114,15 @@ export class TracepointCollector implements Collector {
     const identityLabels = ctx.identity.labelNames(spec.scope);
     const graceMs = ctx.config.seriesGraceSeconds * 1000;
     this.views = spec.views.map((view) => {
-      const fieldCount = view.fields?.length ?? 0;
+      const offsets = [...(view.fields ?? [])];
+      for (const histOffset of view.histograms ?? []) {
+        for (let slot = 0; slot < histogramWidth; slot++) offsets.push(histOffset + slot * 8);
+      }
       return {
         view,
-        fieldCount,
-        series: new CounterSeries(fieldCount + (view.histograms?.length ?? 0) * histogramWidth, graceMs),
+        fieldCount: view.fields?.length ?? 0,
+        offsets,
+        series: new CounterSeries(offsets.length, graceMs),
         families: view.families.map((family) => ({
           spec: family,
           descriptor: { ...family.descriptor, labelNames: [...identityLabels, ...(family.descriptor.labelNames ?? [])] },
@@ -134,7 +138,6 @@ export class TracepointCollector implements Collector {
     try {
       this.spec.beforeLoad?.(object);
       object.load();
-      this.spec.afterLoad?.(object);
     } catch (err) {
       object.close();
       throw new CollectorUnavailableError(`cannot load ${this.spec.object}: ${describeError(err)}`);
@@ -262,12 +265,8 @@ export class TracepointCollector implements Collector {
     });
   }
 
-  /** [fields…, hist0 slots…, hist0 sum, hist1 …] summed over CPUs. */
-  private entryValues(dump: MapDump, index: number, state: ViewState, cpus: number, stride: number): number[] {
-    const offsets = [...(state.view.fields ?? [])];
-    for (const histOffset of state.view.histograms ?? []) {
-      for (let slot = 0; slot < histogramWidth; slot++) offsets.push(histOffset + slot * 8);
-    }
+  /** The entry's u64s at the view's offsets, summed over CPUs. */
+  private entryValues(dump: MapDump, index: number, { offsets }: ViewState, cpus: number, stride: number): number[] {
     const values = new Array<number>(offsets.length).fill(0);
     const base = index * dump.valueSize;
     for (let cpu = 0; cpu < cpus; cpu++) {
