@@ -8,7 +8,8 @@ import { describeError } from './errors.js';
 import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js';
 import { CgroupPaths } from './identity/cgroups.js';
 import { NetnsWorkloads } from './identity/netns.js';
-import { StandaloneIdentity } from './identity/identity.js';
+import { StandaloneIdentity, type Identity } from './identity/identity.js';
+import { KubernetesIdentity, PodWatcher } from './identity/kubernetes.js';
 import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
 import { createCollectors } from './collectors/index.js';
@@ -21,6 +22,7 @@ export class Agent {
   private statsHandle: number | undefined;
   private addon: NativeAddon | undefined;
   private ready = false;
+  private pods: PodWatcher | undefined;
 
   constructor(
     private readonly config: AgentConfig,
@@ -43,14 +45,14 @@ export class Agent {
     }
     const cgroupRoot = config.cgroupRoot || findCgroup2Mount();
     if (!cgroupRoot) log.warn('no cgroup v2 mount found: workloads fall back to the node (cgroup="/")');
-    const identity = new StandaloneIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
+    const identity = await this.createIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
     const ctx: CollectorContext = { config, log, addon, identity };
     const collectors = createCollectors(ctx);
     const disabled = new Set(collectors.filter((c) => !this.enabled(c.name)).map((c) => c.name));
     const manager = new CollectorManager(collectors, log, this.statsHandle !== undefined, disabled);
     this.manager = manager;
 
-    const exporter = new PrometheusExporter(manager.descriptors(), () => manager.collect());
+    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families], async () => [...(await manager.collect()), ...identity.metrics()]);
     this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states() });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
@@ -63,9 +65,22 @@ export class Agent {
     this.ready = false;
     await this.server?.close();
     await this.manager?.stop();
+    await this.pods?.stop();
     if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
     this.statsHandle = undefined;
     this.log.info('stopped; all programs detached');
+  }
+
+  /** Standalone by default; in Kubernetes mode the pods of this node are listed before collectors start, so first scrapes carry pod labels. */
+  private async createIdentity(cgroups: CgroupPaths, netns: NetnsWorkloads): Promise<Identity> {
+    const { kubernetes } = this.config;
+    if (!kubernetes.enabled) return new StandaloneIdentity(cgroups, netns);
+    const nodeName = kubernetes.nodeName || process.env.NODE_NAME || os.hostname();
+    const log = this.log.child({ component: 'kubernetes' });
+    this.pods = new PodWatcher({ kubeconfig: kubernetes.kubeconfig, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log });
+    await this.pods.start();
+    log.info({ nodeName, pods: this.pods.size, apiUp: this.pods.apiUp }, 'watching the pods of this node');
+    return new KubernetesIdentity(cgroups, netns, this.pods);
   }
 
   private enabled(name: string): boolean {

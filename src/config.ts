@@ -21,6 +21,12 @@ export interface AgentConfig {
   bpfStats: boolean;
   cgroupRoot: string;
   seriesGraceSeconds: number;
+  kubernetes: {
+    enabled: boolean;
+    kubeconfig: string;
+    nodeName: string;
+    relistIntervalSeconds: number;
+  };
   collectors: {
     network: {
       enabled: boolean;
@@ -95,6 +101,23 @@ export const schema = {
     max: 86400,
     default: 120,
     doc: 'How long the series of a workload that went away keep their final values before they disappear.',
+  },
+  kubernetes: {
+    enabled: {
+      kind: 'boolean',
+      default: false,
+      doc: 'Kubernetes mode: label metrics with namespace, pod, container and workload from the API server (the pods of this node). Off: standalone mode, labels are cgroup paths.',
+    },
+    kubeconfig: { kind: 'string', default: '', doc: 'kubeconfig file for the API server; empty: the in-cluster service account.' },
+    nodeName: { kind: 'string', default: '', doc: 'This node\'s name in Kubernetes (whose pods are watched); empty: the NODE_NAME environment variable (the downward API), else the host name.' },
+    relistIntervalSeconds: {
+      kind: 'number',
+      integer: true,
+      min: 10,
+      max: 86400,
+      default: 300,
+      doc: 'How often the pod list is fetched again, besides the watch (a watch can go silent without an error).',
+    },
   },
   collectors: {
     network: {

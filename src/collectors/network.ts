@@ -184,7 +184,8 @@ export class NetworkCollector implements Collector {
   private add(entry: TrafficEntry, now: number, retire: boolean): void {
     const workload = this.workloadOf(entry);
     const labels = { ...this.ctx.identity.labelsFor(workload, 'pod'), direction: entry.direction, protocol: entry.protocol };
-    const key = `${workload}\0${entry.direction}\0${entry.protocol}`;
+    // Series are their label sets: entries that name the same workload add up.
+    const key = Object.values(labels).join('\0');
     const values = [entry.bytes, entry.packets];
     if (retire) this.totals.retire(key, labels, values, now);
     else this.totals.addLive(key, labels, values, now);

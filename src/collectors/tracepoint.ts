@@ -88,6 +88,8 @@ interface ViewState {
   fieldCount: number;
   /** Byte offset in one CPU's value of every u64 an entry reads: [fields…, hist0 slots…, hist0 sum, hist1 …]. */
   offsets: number[];
+  /** The series each kernel entry (by key, hex) fed last time: to notice when its labels change. */
+  seriesOf: Map<string, { key: string; labels: Labels }>;
 }
 
 const histogramWidth = histogramSlots + 1;
@@ -122,6 +124,7 @@ export class TracepointCollector implements Collector {
         view,
         fieldCount: view.fields?.length ?? 0,
         offsets,
+        seriesOf: new Map(),
         series: new CounterSeries(offsets.length, graceMs),
         families: view.families.map((family) => ({
           spec: family,
@@ -213,7 +216,7 @@ export class TracepointCollector implements Collector {
     const cpus = info.perCpu ? this.cpus : 1;
     const stride = info.perCpu ? info.valueStride : info.valueSize;
     const { cgroups } = this.ctx.identity;
-    const gone: number[] = [];
+    const retired: number[] = [];
     const goneIds = new Set<bigint>();
     const goneKeys: Buffer[] = [];
     series.beginCollection();
@@ -234,18 +237,24 @@ export class TracepointCollector implements Collector {
         if (isGone) goneKeys.push(keyBytes);
       }
       const labels = { ...this.ctx.identity.labelsFor(workload, this.spec.scope), ...keyLabels };
-      const key = `${workload}\0${Object.values(keyLabels).join('\0')}`;
+      // Series are their label sets: entries of a restarted container (new cgroup, same pod and container) add up.
+      const key = Object.values(labels).join('\0');
       const values = this.entryValues(dump, i, state, cpus, stride);
-      if (isGone) {
-        series.retire(key, labels, values, now);
-        gone.push(i);
-        if (cgroupId !== 0n) goneIds.add(cgroupId);
+      const entryId = keyBytes.toString('hex');
+      const previous = state.seriesOf.get(entryId);
+      if (isGone || (previous && previous.key !== key)) {
+        // Gone, or its labels changed (a pod's metadata arrived): its counts so far stay with the series they fed, and the kernel starts it afresh.
+        series.retire(previous?.key ?? key, previous?.labels ?? labels, values, now);
+        retired.push(i);
+        state.seriesOf.delete(entryId);
+        if (isGone && cgroupId !== 0n) goneIds.add(cgroupId);
       } else {
         series.addLive(key, labels, values, now);
+        if (!previous) state.seriesOf.set(entryId, { key, labels });
       }
     }
-    // Final counts are kept in the series; the kernel entries of workloads that are gone are freed.
-    if (gone.length) object.deleteKeys(view.map, selectKeys(dump, gone));
+    // Final counts are kept in the series; the kernel entries retired are freed.
+    if (retired.length) object.deleteKeys(view.map, selectKeys(dump, retired));
     for (const id of goneIds) cgroups.forget(id);
     for (const key of goneKeys) view.keyWorkload?.forget(key);
 

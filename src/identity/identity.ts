@@ -1,6 +1,6 @@
 // Turns a workload (a cgroup path) into the identity labels every
 // per-workload metric carries. Standalone mode: the cgroup path itself.
-import { sanitizeLabelValue, type Labels } from '../metrics/model.js';
+import { sanitizeLabelValue, type FamilyDescriptor, type Labels, type MetricFamily } from '../metrics/model.js';
 import { CgroupPaths, rootCgroup } from './cgroups.js';
 import { NetnsWorkloads } from './netns.js';
 
@@ -18,10 +18,14 @@ export interface Identity {
   labelNames(scope: IdentityScope): readonly string[];
   /** Labels for a workload's cgroup path; the root stands for the node itself and for what cannot be attributed. */
   labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels;
+  /** What the identity source reports about itself (e.g. whether the API server answers). */
+  readonly families: readonly FamilyDescriptor[];
+  metrics(): MetricFamily[];
 }
 
 export class StandaloneIdentity implements Identity {
   readonly mode = 'standalone';
+  readonly families: readonly FamilyDescriptor[] = [];
   private readonly cache = new Map<string, Labels>();
 
   constructor(
@@ -43,5 +47,9 @@ export class StandaloneIdentity implements Identity {
       this.cache.set(key, labels);
     }
     return labels;
+  }
+
+  metrics(): MetricFamily[] {
+    return [];
   }
 }

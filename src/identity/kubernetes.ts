@@ -1,0 +1,266 @@
+// Kubernetes mode: the pods of this node, watched through the API server
+// (list + watch with @kubernetes/client-node, restarted with backoff after
+// errors and re-listed on a timer), with each pod's controller resolved to a
+// workload (ReplicaSet → Deployment, Job → CronJob). Metrics then carry
+// namespace/pod/container/workload/workload_kind instead of a cgroup path.
+import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
+import type { Logger } from '../log.js';
+import { describeError } from '../errors.js';
+import { sanitizeLabelValue, type FamilyDescriptor, type Labels, type MetricFamily } from '../metrics/model.js';
+import type { CgroupPaths } from './cgroups.js';
+import type { Identity, IdentityScope } from './identity.js';
+import { parseKubeletCgroup, runtimeContainerId } from './kubelet.js';
+import type { NetnsWorkloads } from './netns.js';
+
+export interface PodInfo {
+  namespace: string;
+  name: string;
+  workload: string;
+  workloadKind: string;
+  /** Runtime container id → container name. */
+  containers: ReadonlyMap<string, string>;
+}
+
+export interface PodWatcherOptions {
+  /** kubeconfig file; empty: the in-cluster service account. */
+  kubeconfig: string;
+  nodeName: string;
+  /** A watch can go silent without an error: list again this often. */
+  relistIntervalMs: number;
+  log: Logger;
+}
+
+/** Bounded fallback for pods the API server has not told us about (yet). */
+const unknown = 'unknown';
+const backoff = { initialMs: 500, maxMs: 30_000 } as const;
+
+export class PodWatcher {
+  private readonly pods = new Map<string, PodInfo>();
+  private readonly owners = new Map<string, Promise<{ name: string; kind: string }>>();
+  private readonly listWatch: ListWatch<V1Pod>;
+  private readonly apps: AppsV1Api;
+  private readonly batch: BatchV1Api;
+  private restartDelayMs: number = backoff.initialMs;
+  private restartTimer: NodeJS.Timeout | undefined;
+  private relistTimer: NodeJS.Timeout | undefined;
+  private stopped = false;
+  /** Whether the last list or watch succeeded. */
+  apiUp = false;
+  /** Bumped whenever pod metadata changes, so label caches know to drop what they hold. */
+  generation = 0;
+
+  constructor(private readonly options: PodWatcherOptions) {
+    const kc = new KubeConfig();
+    if (options.kubeconfig) kc.loadFromFile(options.kubeconfig);
+    else kc.loadFromCluster();
+    const core = kc.makeApiClient(CoreV1Api);
+    this.apps = kc.makeApiClient(AppsV1Api);
+    this.batch = kc.makeApiClient(BatchV1Api);
+    const fieldSelector = `spec.nodeName=${options.nodeName}`;
+    this.listWatch = new ListWatch<V1Pod>(
+      '/api/v1/pods',
+      new ObservedWatch(kc, () => this.onReachable()),
+      () => core.listPodForAllNamespaces({ fieldSelector }).then((list) => (this.onReachable(), list)),
+      false,
+      undefined,
+      fieldSelector,
+    );
+    this.listWatch.on('add', (pod) => void this.upsert(pod));
+    this.listWatch.on('update', (pod) => void this.upsert(pod));
+    this.listWatch.on('delete', (pod) => this.remove(pod));
+    this.listWatch.on('error', (err) => this.onError(err));
+  }
+
+  get size(): number {
+    return this.pods.size;
+  }
+
+  get(uid: string): PodInfo | undefined {
+    return this.pods.get(uid);
+  }
+
+  /** Resolves after the first list, or after `initialSyncTimeoutMs` with what is known by then: a hung API server must not keep the agent from serving. */
+  async start(initialSyncTimeoutMs = 10_000): Promise<void> {
+    const synced = this.listWatch.start().catch((err: unknown) => this.onError(err));
+    let timer: NodeJS.Timeout | undefined;
+    const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, initialSyncTimeoutMs)));
+    await Promise.race([synced, timeout]);
+    clearTimeout(timer);
+    this.relistTimer = setInterval(() => void this.restart('periodic re-list'), this.options.relistIntervalMs);
+    this.relistTimer.unref();
+  }
+
+  async stop(): Promise<void> {
+    this.stopped = true;
+    clearTimeout(this.restartTimer);
+    clearInterval(this.relistTimer);
+    await this.listWatch.stop();
+  }
+
+  /** A list succeeded or a watch connected (ListWatch's own "connect" fires before it even tries). */
+  private onReachable(): void {
+    this.apiUp = true;
+    this.restartDelayMs = backoff.initialMs;
+  }
+
+  /** The informer stops after an error; it is restarted with exponential backoff and jitter so an outage is no request flood. */
+  private onError(err: unknown): void {
+    this.apiUp = false;
+    if (this.stopped || this.restartTimer) return;
+    const delay = this.restartDelayMs * (0.5 + Math.random() / 2);
+    this.restartDelayMs = Math.min(this.restartDelayMs * 2, backoff.maxMs);
+    this.options.log.warn({ err: describeError(err), retryMs: Math.round(delay) }, 'pod watch failed; keeping the last known pods');
+    this.restartTimer = setTimeout(() => {
+      this.restartTimer = undefined;
+      void this.restart('after error');
+    }, delay);
+    this.restartTimer.unref();
+  }
+
+  private async restart(reason: string): Promise<void> {
+    if (this.stopped) return;
+    this.options.log.debug({ reason }, 'restarting pod list and watch');
+    await this.listWatch.stop();
+    await this.listWatch.start().catch((err: unknown) => this.onError(err));
+  }
+
+  private async upsert(pod: V1Pod): Promise<void> {
+    const uid = pod.metadata?.uid;
+    if (!uid) return;
+    const containers = new Map<string, string>();
+    for (const status of [...(pod.status?.initContainerStatuses ?? []), ...(pod.status?.containerStatuses ?? [])]) {
+      const id = runtimeContainerId(status.containerID);
+      if (id) containers.set(id, status.name);
+    }
+    const namespace = pod.metadata?.namespace ?? '';
+    const name = pod.metadata?.name ?? '';
+    const owner = await this.workloadOf(namespace, name, pod.metadata?.ownerReferences);
+    this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers });
+    this.generation++;
+  }
+
+  private remove(pod: V1Pod): void {
+    if (pod.metadata?.uid && this.pods.delete(pod.metadata.uid)) this.generation++;
+  }
+
+  /** The top controller: a Deployment behind a ReplicaSet, a CronJob behind a Job; a bare pod is its own workload. */
+  private workloadOf(namespace: string, podName: string, refs: V1OwnerReference[] | undefined): Promise<{ name: string; kind: string }> {
+    const controller = refs?.find((r) => r.controller) ?? refs?.[0];
+    if (!controller) return Promise.resolve({ name: podName, kind: 'Pod' });
+    if (controller.kind !== 'ReplicaSet' && controller.kind !== 'Job') return Promise.resolve({ name: controller.name, kind: controller.kind });
+    const key = `${controller.kind}/${namespace}/${controller.name}`;
+    let resolved = this.owners.get(key);
+    if (!resolved) {
+      resolved = this.parentOf(controller.kind, namespace, controller.name);
+      this.owners.set(key, resolved);
+      // A small cache: owners rarely change, and a failed lookup is retried with the next pod update.
+      if (this.owners.size > 4096) this.owners.delete(this.owners.keys().next().value!);
+    }
+    return resolved;
+  }
+
+  private async parentOf(kind: 'ReplicaSet' | 'Job', namespace: string, name: string): Promise<{ name: string; kind: string }> {
+    try {
+      const object = kind === 'ReplicaSet' ? await this.apps.readNamespacedReplicaSet({ namespace, name }) : await this.batch.readNamespacedJob({ namespace, name });
+      const parent = object.metadata?.ownerReferences?.find((r) => r.controller);
+      return parent ? { name: parent.name, kind: parent.kind } : { name, kind };
+    } catch (err) {
+      this.owners.delete(`${kind}/${namespace}/${name}`);
+      this.options.log.debug({ err: describeError(err), kind, namespace, name }, 'cannot resolve owner; using the direct controller');
+      return { name, kind };
+    }
+  }
+}
+
+const apiUpFamily: FamilyDescriptor = {
+  name: 'probepilot_kubernetes_api_up',
+  help: 'Whether the last pod list or watch against the Kubernetes API server succeeded (1) or not (0); labels stay as last known meanwhile.',
+  type: 'gauge',
+  labelNames: [],
+};
+
+/** A Watch that says when the API server accepted a watch request (answered 200). */
+class ObservedWatch extends Watch {
+  constructor(
+    kc: KubeConfig,
+    private readonly connected: () => void,
+  ) {
+    super(kc);
+  }
+
+  override async watch(...[path, query, callback, done]: Parameters<Watch['watch']>): ReturnType<Watch['watch']> {
+    let failed = false;
+    const request = await super.watch(path, query, callback, (err: unknown) => {
+      if (err) failed = true;
+      done(err);
+    });
+    if (!failed) this.connected();
+    return request;
+  }
+}
+
+const labelNamesByScope: Record<IdentityScope, readonly string[]> = {
+  container: ['namespace', 'pod', 'container', 'workload', 'workload_kind'],
+  pod: ['namespace', 'pod', 'workload', 'workload_kind'],
+};
+
+export class KubernetesIdentity implements Identity {
+  readonly mode = 'kubernetes';
+  private readonly cache = new Map<string, Labels>();
+  private cachedGeneration = -1;
+
+  constructor(
+    readonly cgroups: CgroupPaths,
+    readonly netns: NetnsWorkloads,
+    private readonly pods: PodWatcher,
+  ) {}
+
+  labelNames(scope: IdentityScope): readonly string[] {
+    return labelNamesByScope[scope];
+  }
+
+  /**
+   * A pod's cgroup (or a container's below it) names the pod; anything else
+   * on the node (system services, the root) is workload_kind="node" with its
+   * cgroup path as the workload. A pod the API server has not told us about
+   * gets one bounded fallback, "unknown".
+   */
+  labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels {
+    if (this.cachedGeneration !== this.pods.generation) {
+      this.cache.clear();
+      this.cachedGeneration = this.pods.generation;
+    }
+    const path = cgroupPath ?? '/';
+    const key = `${scope}\0${path}`;
+    let labels = this.cache.get(key);
+    if (!labels) {
+      labels = Object.freeze(this.compute(path, scope));
+      if (this.cache.size > 100_000) this.cache.clear();
+      this.cache.set(key, labels);
+    }
+    return labels;
+  }
+
+  private compute(path: string, scope: IdentityScope): Record<string, string> {
+    const kubelet = parseKubeletCgroup(path);
+    const pod = kubelet && this.pods.get(kubelet.podUid);
+    const labels: Record<string, string> = kubelet
+      ? pod
+        ? { namespace: pod.namespace, pod: pod.name, workload: pod.workload, workload_kind: pod.workloadKind }
+        : { namespace: unknown, pod: unknown, workload: unknown, workload_kind: unknown }
+      : { namespace: '', pod: '', workload: path, workload_kind: 'node' };
+    if (scope === 'container') {
+      // The pod's own cgroup and its sandbox (pause) container are no app container: "".
+      labels.container = (kubelet?.containerId && pod?.containers.get(kubelet.containerId)) || '';
+    }
+    const out: Record<string, string> = {};
+    for (const name of labelNamesByScope[scope]) out[name] = sanitizeLabelValue(labels[name] ?? '');
+    return out;
+  }
+
+  readonly families: readonly FamilyDescriptor[] = [apiUpFamily];
+
+  metrics(): MetricFamily[] {
+    return [{ ...apiUpFamily, type: 'gauge', samples: [{ labels: {}, value: this.pods.apiUp ? 1 : 0 }] }];
+  }
+}

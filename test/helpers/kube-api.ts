@@ -1,0 +1,155 @@
+// A Kubernetes API server for what the agent uses, speaking the real
+// protocol over plain HTTP on loopback: pod list with a spec.nodeName field
+// selector and resourceVersion, watch streams (ADDED/MODIFIED/DELETED, ERROR
+// 410 Gone), ReplicaSet and Job reads. It can be stopped and started again
+// on the same port to make an outage.
+import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
+import { once } from 'node:events';
+import { writeFileSync } from 'node:fs';
+import type { AddressInfo } from 'node:net';
+
+export interface KubeObject {
+  metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; ownerReferences?: Array<{ kind: string; name: string; controller?: boolean; apiVersion?: string; uid?: string }> };
+  spec?: { nodeName?: string };
+  status?: Record<string, unknown>;
+  [key: string]: unknown;
+}
+
+type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; object: KubeObject; rv: number };
+
+export class FakeKubeApi {
+  private server: Server | undefined;
+  private port = 0;
+  private rv = 1;
+  private readonly pods = new Map<string, KubeObject>();
+  private readonly others = new Map<string, KubeObject>();
+  private readonly history: WatchEvent[] = [];
+  /** Watches from a resourceVersion older than this get 410 Gone. */
+  private compactedThrough = 0;
+  private readonly watchers = new Set<{ res: ServerResponse; node: string | undefined }>();
+  /** Every request path, in order. */
+  readonly requests: string[] = [];
+  /** While set, every request is answered 503 and open watches are cut: an outage whose retries can be counted. */
+  private failing = false;
+
+  get url(): string {
+    return `http://127.0.0.1:${this.port}`;
+  }
+
+  async start(): Promise<void> {
+    this.server = createServer((req, res) => this.handle(req, res));
+    this.server.listen(this.port, '127.0.0.1');
+    await once(this.server, 'listening');
+    this.port = (this.server.address() as AddressInfo).port;
+  }
+
+  /** Closes every connection, open watches included: an outage. */
+  async stop(): Promise<void> {
+    const server = this.server;
+    if (!server) return;
+    this.server = undefined;
+    for (const w of this.watchers) w.res.destroy();
+    this.watchers.clear();
+    server.closeAllConnections();
+    await new Promise((resolve) => server.close(resolve));
+  }
+
+  setFailing(failing: boolean): void {
+    this.failing = failing;
+    if (!failing) return;
+    for (const w of this.watchers) w.res.destroy();
+    this.watchers.clear();
+  }
+
+  /** A kubeconfig pointing at this server (plain HTTP: TLS verification off). */
+  writeKubeconfig(file: string): void {
+    writeFileSync(
+      file,
+      [
+        'apiVersion: v1',
+        'kind: Config',
+        `clusters: [{name: fake, cluster: {server: "${this.url}", insecure-skip-tls-verify: true}}]`,
+        'users: [{name: agent, user: {token: test-token}}]',
+        'contexts: [{name: fake, context: {cluster: fake, user: agent}}]',
+        'current-context: fake',
+        '',
+      ].join('\n'),
+    );
+  }
+
+  /** ReplicaSets, Jobs: read by GET on their API path. */
+  putObject(apiPath: string, object: KubeObject): void {
+    this.others.set(apiPath, object);
+  }
+
+  upsertPod(pod: KubeObject): void {
+    const key = `${pod.metadata.namespace}/${pod.metadata.name}`;
+    const type = this.pods.has(key) ? 'MODIFIED' : 'ADDED';
+    this.record(type, pod);
+    this.pods.set(key, pod);
+  }
+
+  deletePod(namespace: string, name: string): void {
+    const pod = this.pods.get(`${namespace}/${name}`);
+    if (!pod) return;
+    this.pods.delete(`${namespace}/${name}`);
+    this.record('DELETED', pod);
+  }
+
+  /** Ends every open watch with ERROR 410 Gone, as an API server does when a watch's resourceVersion was compacted away. */
+  expireWatches(): void {
+    this.history.length = 0;
+    this.compactedThrough = this.rv;
+    for (const w of this.watchers) {
+      w.res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'Expired', code: 410, message: 'too old resource version' } })}\n`);
+    }
+    this.watchers.clear();
+  }
+
+  private record(type: WatchEvent['type'], pod: KubeObject): void {
+    const rv = ++this.rv;
+    pod.metadata.resourceVersion = String(rv);
+    const event = { type, object: structuredClone(pod), rv };
+    this.history.push(event);
+    for (const w of this.watchers) if (matches(event.object, w.node)) w.res.write(`${JSON.stringify({ type, object: event.object })}\n`);
+  }
+
+  private handle(req: IncomingMessage, res: ServerResponse): void {
+    const url = new URL(req.url ?? '/', this.url);
+    this.requests.push(`${url.pathname}${url.search}`);
+    if (this.failing) return json(res, 503, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'ServiceUnavailable', code: 503 });
+    const node = /^spec\.nodeName=(.+)$/.exec(url.searchParams.get('fieldSelector') ?? '')?.[1];
+    if (url.pathname === '/api/v1/pods' && url.searchParams.get('watch') === 'true') return this.watch(url, node, res);
+    if (url.pathname === '/api/v1/pods') {
+      const items = [...this.pods.values()].filter((p) => matches(p, node));
+      return json(res, 200, { kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items });
+    }
+    const object = this.others.get(url.pathname);
+    if (object) return json(res, 200, object);
+    return json(res, 404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'NotFound', code: 404 });
+  }
+
+  private watch(url: URL, node: string | undefined, res: ServerResponse): void {
+    const from = Number(url.searchParams.get('resourceVersion') || 0);
+    res.writeHead(200, { 'content-type': 'application/json' });
+    if (from > 0 && from < this.compactedThrough) {
+      res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 410, reason: 'Expired', message: 'too old resource version' } })}\n`);
+      return;
+    }
+    for (const event of this.history) if (event.rv > from && matches(event.object, node)) res.write(`${JSON.stringify({ type: event.type, object: event.object })}\n`);
+    // A real API server sends the headers at once; Node would hold them until the first event.
+    res.flushHeaders();
+    const watcher = { res, node };
+    this.watchers.add(watcher);
+    res.on('close', () => this.watchers.delete(watcher));
+  }
+}
+
+function matches(pod: KubeObject, node: string | undefined): boolean {
+  return node === undefined || pod.spec?.nodeName === node;
+}
+
+function json(res: ServerResponse, status: number, body: unknown): void {
+  res.writeHead(status, { 'content-type': 'application/json' });
+  res.end(JSON.stringify(body));
+}
