@@ -138,12 +138,15 @@ export class NetworkCollector implements Collector {
       const now = Date.now();
       const { cgroups } = this.ctx.identity;
       const goneCgroupEntries: TrafficEntry[] = [];
+      const relabeled: TrafficEntry[] = [];
       this.totals.beginCollection();
       for (const entry of entries) {
         if (entry.cgroupId !== 0n && cgroups.isGone(entry.cgroupId)) goneCgroupEntries.push(entry);
-        else this.add(entry, now, false);
+        else if (!this.add(dump, entry, now, false)) relabeled.push(entry);
       }
       this.retire(object, dump, goneCgroupEntries, now);
+      // Their counts so far already stayed with their old series: only the kernel entries go.
+      if (relabeled.length) object.deleteKeys('net_traffic', selectKeys(dump, relabeled.map((e) => e.index)));
       for (const entry of goneCgroupEntries) cgroups.forget(entry.cgroupId);
 
       const bytes: { labels: Labels; value: number }[] = [];
@@ -181,20 +184,23 @@ export class NetworkCollector implements Collector {
     return this.ctx.identity.cgroups.resolve(entry.cgroupId) ?? rootCgroup;
   }
 
-  private add(entry: TrafficEntry, now: number, retire: boolean): void {
+  /** False when the entry's labels changed since it was last read (see CounterSeries.addLive). */
+  private add(dump: MapDump, entry: TrafficEntry, now: number, retire: boolean): boolean {
     const workload = this.workloadOf(entry);
     const labels = { ...this.ctx.identity.labelsFor(workload, 'pod'), direction: entry.direction, protocol: entry.protocol };
     // Series are their label sets: entries that name the same workload add up.
     const key = Object.values(labels).join('\0');
+    const entryId = dump.keys.toString('hex', entry.index * dump.keySize, (entry.index + 1) * dump.keySize);
     const values = [entry.bytes, entry.packets];
-    if (retire) this.totals.retire(key, labels, values, now);
-    else this.totals.addLive(key, labels, values, now);
+    if (!retire) return this.totals.addLive(entryId, key, labels, values, now);
+    this.totals.retire(entryId, key, labels, values, now);
+    return true;
   }
 
   /** Moves entries' final counts into their series and deletes them from the kernel map. */
   private retire(object: BpfObject, dump: MapDump, entries: readonly TrafficEntry[], now: number): void {
     if (!entries.length) return;
-    for (const entry of entries) this.add(entry, now, true);
+    for (const entry of entries) this.add(dump, entry, now, true);
     object.deleteKeys(
       'net_traffic',
       selectKeys(

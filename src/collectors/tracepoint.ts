@@ -88,8 +88,6 @@ interface ViewState {
   fieldCount: number;
   /** Byte offset in one CPU's value of every u64 an entry reads: [fields…, hist0 slots…, hist0 sum, hist1 …]. */
   offsets: number[];
-  /** The series each kernel entry (by key, hex) fed last time: to notice when its labels change. */
-  seriesOf: Map<string, { key: string; labels: Labels }>;
 }
 
 const histogramWidth = histogramSlots + 1;
@@ -124,7 +122,6 @@ export class TracepointCollector implements Collector {
         view,
         fieldCount: view.fields?.length ?? 0,
         offsets,
-        seriesOf: new Map(),
         series: new CounterSeries(offsets.length, graceMs),
         families: view.families.map((family) => ({
           spec: family,
@@ -241,16 +238,12 @@ export class TracepointCollector implements Collector {
       const key = Object.values(labels).join('\0');
       const values = this.entryValues(dump, i, state, cpus, stride);
       const entryId = keyBytes.toString('hex');
-      const previous = state.seriesOf.get(entryId);
-      if (isGone || (previous && previous.key !== key)) {
-        // Gone, or its labels changed (a pod's metadata arrived): its counts so far stay with the series they fed, and the kernel starts it afresh.
-        series.retire(previous?.key ?? key, previous?.labels ?? labels, values, now);
+      if (isGone) {
+        series.retire(entryId, key, labels, values, now);
         retired.push(i);
-        state.seriesOf.delete(entryId);
-        if (isGone && cgroupId !== 0n) goneIds.add(cgroupId);
-      } else {
-        series.addLive(key, labels, values, now);
-        if (!previous) state.seriesOf.set(entryId, { key, labels });
+        if (cgroupId !== 0n) goneIds.add(cgroupId);
+      } else if (!series.addLive(entryId, key, labels, values, now)) {
+        retired.push(i); // relabeled: its counts stayed with its old series; the kernel starts it afresh
       }
     }
     // Final counts are kept in the series; the kernel entries retired are freed.

@@ -20,6 +20,8 @@ export interface SeriesValues {
 
 export class CounterSeries {
   private readonly series = new Map<string, Series>();
+  /** The series each live kernel entry (by an id of the caller's, e.g. its key bytes) fed last. */
+  private readonly seriesOfEntry = new Map<string, string>();
 
   constructor(
     /** Counters per series (e.g. 2 for bytes and packets). */
@@ -45,14 +47,30 @@ export class CounterSeries {
     for (const s of this.series.values()) s.live.fill(0);
   }
 
-  addLive(key: string, labels: Labels, values: readonly number[], now: number): void {
+  /**
+   * A live kernel entry's cumulative values. Returns false when the entry fed
+   * another series before (its labels changed, e.g. its pod's metadata
+   * arrived): its values are then retired into that series, which so never
+   * goes backwards, and the caller must delete the kernel entry so the new
+   * series counts from zero.
+   */
+  addLive(entryId: string, key: string, labels: Labels, values: readonly number[], now: number): boolean {
+    const previous = this.seriesOfEntry.get(entryId);
+    if (previous !== undefined && previous !== key) {
+      const old = this.series.get(previous);
+      this.retire(entryId, previous, old?.labels ?? labels, values, now);
+      return false;
+    }
+    this.seriesOfEntry.set(entryId, key);
     const s = this.entry(key, labels, now);
     for (let i = 0; i < this.width; i++) s.live[i]! += values[i] ?? 0;
     s.lastLive = now;
+    return true;
   }
 
-  /** Final values of kernel entries about to be deleted. */
-  retire(key: string, labels: Labels, values: readonly number[], now: number): void {
+  /** Final values of a kernel entry about to be deleted. */
+  retire(entryId: string, key: string, labels: Labels, values: readonly number[], now: number): void {
+    this.seriesOfEntry.delete(entryId);
     const s = this.entry(key, labels, now);
     for (let i = 0; i < this.width; i++) s.retired[i]! += values[i] ?? 0;
     s.lastLive = Math.max(s.lastLive, now);

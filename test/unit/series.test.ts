@@ -5,21 +5,39 @@ t.test('retired entries keep a series monotonic and it expires after the grace p
   const series = new CounterSeries(2, 1000);
   const labels = { cgroup: '/a' };
   series.beginCollection();
-  series.addLive('a', labels, [100, 1], 0);
-  series.addLive('a', labels, [50, 1], 0);
+  series.addLive('e1', 'a', labels, [100, 1], 0);
+  series.addLive('e2', 'a', labels, [50, 1], 0);
   t.same(series.finishCollection(0), [{ labels, values: [150, 2] }], 'two kernel entries feed one series');
 
   // one entry is retired (its kernel key deleted), the other keeps counting
-  series.retire('a', labels, [100, 1], 10);
+  series.retire('e1', 'a', labels, [100, 1], 10);
   series.beginCollection();
-  series.addLive('a', labels, [60, 2], 20);
+  series.addLive('e2', 'a', labels, [60, 2], 20);
   t.same(series.finishCollection(20), [{ labels, values: [160, 3] }]);
 
   // everything gone: the final value stays for the grace period, then the series disappears
-  series.retire('a', labels, [60, 2], 30);
+  series.retire('e2', 'a', labels, [60, 2], 30);
   series.beginCollection();
   t.same(series.finishCollection(1000), [{ labels, values: [160, 3] }]);
   series.beginCollection();
   t.same(series.finishCollection(1031), []);
   t.equal(series.size, 0);
+});
+
+t.test('an entry whose labels change leaves its counts with its old series', async (t) => {
+  const series = new CounterSeries(1, 1000);
+  const before = { pod: 'unknown' };
+  const after = { pod: 'web' };
+  series.beginCollection();
+  t.equal(series.addLive('e', 'unknown', before, [40], 0), true);
+  t.same(series.finishCollection(0), [{ labels: before, values: [40] }]);
+  series.beginCollection();
+  t.equal(series.addLive('e', 'web', after, [45], 10), false, 'the caller must delete the kernel entry');
+  t.same(series.finishCollection(10), [{ labels: before, values: [45] }], 'the old series keeps all the entry counted, and does not go backwards');
+  series.beginCollection();
+  t.equal(series.addLive('e', 'web', after, [3], 20), true, 'the fresh kernel entry counts for the new series');
+  t.same(series.finishCollection(20), [
+    { labels: before, values: [45] },
+    { labels: after, values: [3] },
+  ]);
 });
