@@ -21,6 +21,7 @@ export interface AgentConfig {
   bpfStats: boolean;
   cgroupRoot: string;
   seriesGraceSeconds: number;
+  seriesLimit: number;
   kubernetes: {
     enabled: boolean;
     kubeconfig: string;
@@ -101,6 +102,14 @@ export const schema = {
     max: 86400,
     default: 120,
     doc: 'How long the series of a workload that went away keep their final values before they disappear.',
+  },
+  seriesLimit: {
+    kind: 'number',
+    integer: true,
+    min: 1,
+    max: 10_000_000,
+    default: 100_000,
+    doc: 'Most series one collector keeps per group of families that share labels (one kernel map); new label sets beyond it are dropped and counted in probepilot_series_dropped_total.',
   },
   kubernetes: {
     enabled: {

@@ -26,6 +26,8 @@ export interface CollectorHealth {
   eventsProcessed?: number;
   /** Events the kernel side could not record, by reason (e.g. map_full). */
   eventsDropped: Readonly<Record<string, number>>;
+  /** Kernel entries not exported because the series limit was reached. */
+  seriesDropped?: number;
 }
 
 export interface Collector {

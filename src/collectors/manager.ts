@@ -35,6 +35,12 @@ const selfFamilies = {
     type: 'counter',
     labelNames: ['collector', 'reason'],
   },
+  seriesDropped: {
+    name: 'probepilot_series_dropped_total',
+    help: 'Kernel entries whose label set a collector did not export because it reached seriesLimit (each counted once); their events are still counted in the kernel.',
+    type: 'counter',
+    labelNames: ['collector'],
+  },
   duration: {
     name: 'probepilot_collector_collect_duration_seconds',
     help: 'Time the last collection of a collector took (map reads and decoding).',
@@ -151,6 +157,7 @@ export class CollectorManager {
     const up: ScalarSample[] = [];
     const events: ScalarSample[] = [];
     const dropped: ScalarSample[] = [];
+    const seriesDropped: ScalarSample[] = [];
     const duration: ScalarSample[] = [];
     const errors: ScalarSample[] = [];
     const runs: ScalarSample[] = [];
@@ -164,6 +171,7 @@ export class CollectorManager {
       const health = collector.health();
       if (health.eventsProcessed !== undefined) events.push({ labels: c, value: health.eventsProcessed });
       for (const [reason, value] of Object.entries(health.eventsDropped)) dropped.push({ labels: { ...c, reason }, value });
+      if (health.seriesDropped !== undefined) seriesDropped.push({ labels: c, value: health.seriesDropped });
       if (!this.bpfStatsEnabled) continue;
       for (const program of collector.programs()) {
         const labels = { ...c, program: program.name };
@@ -175,6 +183,7 @@ export class CollectorManager {
       { ...selfFamilies.up, samples: up },
       { ...selfFamilies.events, samples: events },
       { ...selfFamilies.dropped, samples: dropped },
+      { ...selfFamilies.seriesDropped, samples: seriesDropped },
       { ...selfFamilies.duration, samples: duration },
       { ...selfFamilies.errors, samples: errors },
       { ...selfFamilies.runs, samples: runs },

@@ -81,7 +81,7 @@ export class NetworkCollector implements Collector {
     this.families = [this.bytesFamily, this.packetsFamily, this.interfacesFamily];
     const { interfaces } = ctx.config.collectors.network;
     this.wanted = globMatcher(interfaces.include, interfaces.exclude);
-    this.totals = new CounterSeries(2, ctx.config.seriesGraceSeconds * 1000);
+    this.totals = new CounterSeries(2, ctx.config.seriesGraceSeconds * 1000, ctx.config.seriesLimit);
     this.cpus = ctx.addon.possibleCpus();
     this.log = ctx.log.child({ collector: this.name });
   }
@@ -160,6 +160,7 @@ export class NetworkCollector implements Collector {
       this.lastHealth = {
         eventsProcessed: packetsTotal,
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
+        seriesDropped: this.totals.droppedSeries,
       };
       const byMode = new Map<string, number>([['tcx', 0], ['clsact', 0]]);
       for (const iface of this.interfaces.values()) {

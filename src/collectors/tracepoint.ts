@@ -122,7 +122,7 @@ export class TracepointCollector implements Collector {
         view,
         fieldCount: view.fields?.length ?? 0,
         offsets,
-        series: new CounterSeries(offsets.length, graceMs),
+        series: new CounterSeries(offsets.length, graceMs, ctx.config.seriesLimit),
         families: view.families.map((family) => ({
           spec: family,
           descriptor: { ...family.descriptor, labelNames: [...identityLabels, ...(family.descriptor.labelNames ?? [])] },
@@ -201,6 +201,7 @@ export class TracepointCollector implements Collector {
       this.lastHealth = {
         ...(this.spec.eventsProcessed ? { eventsProcessed: this.spec.eventsProcessed(out) } : {}),
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
+        seriesDropped: this.views.reduce((total, v) => total + v.series.droppedSeries, 0),
       };
       return out;
     });

@@ -23,19 +23,30 @@ export class CounterSeries {
   /** The series each live kernel entry (by an id of the caller's, e.g. its key bytes) fed last. */
   private readonly seriesOfEntry = new Map<string, string>();
 
+  /** Kernel entries whose label set was refused because the limit was reached, each counted when first seen. */
+  private refusedEntries = 0;
+
   constructor(
     /** Counters per series (e.g. 2 for bytes and packets). */
     private readonly width: number,
     private readonly graceMs: number,
+    /** Most series kept at once; new label sets beyond it are dropped (and counted), existing ones keep counting. */
+    private readonly limit = Infinity,
   ) {}
 
   get size(): number {
     return this.series.size;
   }
 
-  private entry(key: string, labels: Labels, now: number): Series {
+  /** Kernel entries not exported because the limit was reached. */
+  get droppedSeries(): number {
+    return this.refusedEntries;
+  }
+
+  private entry(key: string, labels: Labels, now: number): Series | undefined {
     let s = this.series.get(key);
     if (!s) {
+      if (this.series.size >= this.limit) return undefined;
       s = { labels, live: new Array<number>(this.width).fill(0), retired: new Array<number>(this.width).fill(0), lastLive: now };
       this.series.set(key, s);
     }
@@ -63,6 +74,10 @@ export class CounterSeries {
     }
     this.seriesOfEntry.set(entryId, key);
     const s = this.entry(key, labels, now);
+    if (!s) {
+      if (previous === undefined) this.refusedEntries++;
+      return true;
+    }
     for (let i = 0; i < this.width; i++) s.live[i]! += values[i] ?? 0;
     s.lastLive = now;
     return true;
@@ -72,6 +87,7 @@ export class CounterSeries {
   retire(entryId: string, key: string, labels: Labels, values: readonly number[], now: number): void {
     this.seriesOfEntry.delete(entryId);
     const s = this.entry(key, labels, now);
+    if (!s) return;
     for (let i = 0; i < this.width; i++) s.retired[i]! += values[i] ?? 0;
     s.lastLive = Math.max(s.lastLive, now);
   }

@@ -3,11 +3,14 @@
 // (not tracked here, so "other"). Two workloads with different counts must
 // each get exactly their own: neither leaks into the other's series.
 import t from 'tap';
+import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { startAgent } from '../helpers/agent.js';
+import { waitFor } from '../helpers/wait.js';
 import { checkExposition, parseExposition, sumSamples, type MetricFamily } from '../helpers/exposition.js';
 import { compileWorkload } from '../helpers/workload.js';
+import { execChecked } from '../helpers/proc.js';
 
 const tolerance = 0.001;
 
@@ -84,4 +87,45 @@ t.test('syscalls are counted exactly, with their errors and latency, per workloa
   t.equal(sumSamples(families, 'probepilot_collector_up', { collector: 'syscalls' }), 1, 'collector is up');
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
   t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
+});
+
+/** Entries of the agent's own syscall map, found among the process's BPF map fds (other agents may have one too). */
+async function kernelEntries(agentPid: number): Promise<number> {
+  for (const fd of readdirSync(`/proc/${agentPid}/fd`)) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/${agentPid}/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    if (target !== 'anon_inode:bpf-map') continue;
+    const id = /^map_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${agentPid}/fdinfo/${fd}`, 'utf8'))?.[1];
+    if (!id) continue;
+    const map = JSON.parse(await execChecked('bpftool', ['map', 'show', 'id', id, '-j'])) as { name?: string };
+    if (map.name === 'syscall_stats') return (JSON.parse(await execChecked('bpftool', ['map', 'dump', 'id', id, '-j'])) as unknown[]).length;
+  }
+  throw new Error(`no syscall_stats map among the fds of pid ${agentPid}`);
+}
+
+t.test('a series limit caps what is exported and counts what it dropped', async (t) => {
+  if (!requirePrivileges(t, 'series limit on the syscalls collector')) return;
+  const limit = 5;
+  const agent = await startAgent({
+    env: {
+      PROBEPILOT_COLLECTORS_NETWORK_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'false',
+      PROBEPILOT_SERIES_LIMIT: String(limit),
+    },
+  });
+  t.teardown(() => agent.stop());
+  // Every cgroup on the node with a syscall and every syscall slot it used is one kernel entry, one label set.
+  await waitFor(async () => (await kernelEntries(agent.child.pid!)) > limit * 2, { timeoutMs: 20_000, what: 'more kernel entries than the limit' });
+  const entries = await kernelEntries(agent.child.pid!);
+  const families = parseExposition(await agent.metrics());
+  for (const name of ['probepilot_syscalls_total', 'probepilot_syscall_errors_total', 'probepilot_syscall_latency_seconds_count']) {
+    t.equal(families.find((f) => f.name === name.replace(/_count$/, ''))?.samples.filter((s) => s.name === name).length, limit, `${name}: exactly ${limit} series`);
+  }
+  const dropped = sumSamples(families, 'probepilot_series_dropped_total', { collector: 'syscalls' });
+  t.ok(dropped + limit >= entries, `exported ${limit} + dropped ${dropped} cover the ${entries} entries (label sets) the kernel map held before the scrape`);
+  t.equal(await agent.stop(), 0, 'agent exits cleanly');
 });

@@ -41,3 +41,20 @@ t.test('an entry whose labels change leaves its counts with its old series', asy
     { labels: after, values: [3] },
   ]);
 });
+
+t.test('beyond the limit new label sets are dropped, their entries counted once; existing ones keep counting', async (t) => {
+  const series = new CounterSeries(1, 1000, 2);
+  for (let round = 0; round < 3; round++) {
+    series.beginCollection();
+    for (const name of ['a', 'b', 'c', 'd']) series.addLive(name, name, { cgroup: name }, [round + 1], round);
+    t.same(
+      series.finishCollection(round).map((r) => [r.labels.cgroup, r.values[0]]),
+      [
+        ['a', round + 1],
+        ['b', round + 1],
+      ],
+      `round ${round}: only the first two label sets are exported`,
+    );
+  }
+  t.equal(series.droppedSeries, 2, 'the entries of c and d are counted once each, however many collections refuse them');
+});
