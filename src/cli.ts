@@ -39,8 +39,13 @@ program
     try {
       await agent.start();
     } catch (err) {
-      log.fatal({ err }, 'agent failed to start');
       await agent.stop().catch(() => undefined);
+      // A setting only checkable at start (a kubeconfig file) is a config error like any other.
+      if (err instanceof ConfigError) {
+        process.stderr.write(`probepilot: ${err.message}\n`);
+        process.exit(2);
+      }
+      log.fatal({ err }, 'agent failed to start');
       process.exit(1);
     }
   });

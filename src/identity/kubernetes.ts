@@ -4,6 +4,7 @@
 // workload (ReplicaSet → Deployment, Job → CronJob). Metrics then carry
 // namespace/pod/container/workload/workload_kind instead of a cgroup path.
 import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
+import { ConfigError } from '../config.js';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import { sanitizeLabelValue, type FamilyDescriptor, type Labels, type MetricFamily } from '../metrics/model.js';
@@ -51,8 +52,17 @@ export class PodWatcher {
 
   constructor(private readonly options: PodWatcherOptions) {
     const kc = new KubeConfig();
-    if (options.kubeconfig) kc.loadFromFile(options.kubeconfig);
-    else kc.loadFromCluster();
+    if (options.kubeconfig) {
+      try {
+        kc.loadFromFile(options.kubeconfig);
+      } catch (err) {
+        throw new ConfigError('kubernetes.kubeconfig', `cannot load ${options.kubeconfig}: ${describeError(err)}`);
+      }
+    } else if (!process.env.KUBERNETES_SERVICE_HOST) {
+      throw new ConfigError('kubernetes.kubeconfig', 'empty, and this is not a pod (no KUBERNETES_SERVICE_HOST): give a kubeconfig file or run in the cluster');
+    } else {
+      kc.loadFromCluster();
+    }
     const core = kc.makeApiClient(CoreV1Api);
     this.apps = kc.makeApiClient(AppsV1Api);
     this.batch = kc.makeApiClient(BatchV1Api);

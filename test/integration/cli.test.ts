@@ -39,3 +39,12 @@ t.test('a bad config file value and an unknown key', async (t) => {
   t.equal(res.status, 2);
   t.match(res.stderr, 'config key "listen": got "nowhere", expected HOST:PORT');
 });
+
+t.test('Kubernetes mode without a usable kubeconfig names the key, exit 2', async (t) => {
+  let res = run(['agent', '--listen', '127.0.0.1:0'], { PROBEPILOT_KUBERNETES_ENABLED: 'true', PROBEPILOT_KUBERNETES_KUBECONFIG: '/nonexistent/kubeconfig' });
+  t.equal(res.status, 2);
+  t.match(res.stderr, 'config key "kubernetes.kubeconfig": cannot load /nonexistent/kubeconfig');
+  res = run(['agent', '--listen', '127.0.0.1:0'], { PROBEPILOT_KUBERNETES_ENABLED: 'true', KUBERNETES_SERVICE_HOST: '' });
+  t.equal(res.status, 2);
+  t.match(res.stderr, 'config key "kubernetes.kubeconfig": empty, and this is not a pod');
+});
