@@ -118,6 +118,18 @@ int pp_tcp_retransmit(struct trace_event_raw_tcp_retransmit_skb *ctx)
 	return 0;
 }
 
+/* A SYN-ACK sent again for a connection still being accepted (counted in
+ * TcpRetransSegs too): the listener's workload. */
+SEC("tp/tcp/tcp_retransmit_synack")
+int pp_tcp_retransmit_synack(struct trace_event_raw_tcp_retransmit_synack *ctx)
+{
+	struct tcp_stats_value *value = stats_of((struct sock *)ctx->skaddr);
+
+	if (value)
+		value->retransmits += 1;
+	return 0;
+}
+
 /* A reset answering a segment no socket wants (a closed port) has no
  * socket: it is the node's (cgroup 0). */
 SEC("tp/tcp/tcp_send_reset")

@@ -27,6 +27,7 @@ export function tcpCollector(ctx: CollectorContext): Collector {
       attach: [
         { program: 'pp_tcp_set_state', tracepoint: 'sock:inet_sock_set_state' },
         { program: 'pp_tcp_retransmit', tracepoint: 'tcp:tcp_retransmit_skb' },
+        { program: 'pp_tcp_retransmit_synack', tracepoint: 'tcp:tcp_retransmit_synack' },
         { program: 'pp_tcp_send_reset', tracepoint: 'tcp:tcp_send_reset' },
         { program: 'pp_tcp_receive_reset', tracepoint: 'tcp:tcp_receive_reset' },
       ],

@@ -145,6 +145,8 @@ export class PodWatcher {
     const namespace = pod.metadata?.namespace ?? '';
     const name = pod.metadata?.name ?? '';
     const owner = await this.workloadOf(namespace, name, pod.metadata?.ownerReferences);
+    // Deleted while its owner was looked up: it must not come back.
+    if (this.listWatch.get(name, namespace)?.metadata?.uid !== uid) return;
     this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers });
     this.generation++;
   }
