@@ -10,15 +10,16 @@
 #include "probepilot.h"
 
 #define REQ_OP_MASK 0xff
-#define REQ_OP_READ 0
-#define REQ_OP_WRITE 1
+#define REQ_OP_FLUSH 2
+#define REQ_OP_DISCARD 3
+#define REQ_OP_DRV_IN 34 /* driver passthrough from here on: not block I/O of a workload */
 #define MINORBITS 20
 
 /* Mirrors src/collectors/block.ts. */
 struct block_key {
 	__u64 cgroup_id;
 	__u32 dev; /* the disk's dev_t, kernel encoding (major << 20 | minor) */
-	__u32 op;  /* REQ_OP_READ or REQ_OP_WRITE */
+	__u32 op;  /* 0 read, 1 write (the operation's direction) */
 };
 
 struct block_value {
@@ -55,6 +56,15 @@ static __always_inline __u32 request_op(struct request *rq)
 	return BPF_CORE_READ(rq, cmd_flags) & REQ_OP_MASK;
 }
 
+/* Grouped as /proc/diskstats groups them: every write-direction operation
+ * (write, write-zeroes, zone append…) is a write (odd REQ_OP numbers), the
+ * rest reads; flushes and discards have statistics of their own there and
+ * are not counted here. */
+static __always_inline bool counted_op(__u32 op)
+{
+	return op != REQ_OP_FLUSH && op != REQ_OP_DISCARD && op < REQ_OP_DRV_IN;
+}
+
 SEC("raw_tp/block_io_start")
 int pp_block_io_start(struct bpf_raw_tracepoint_args *ctx)
 {
@@ -63,7 +73,7 @@ int pp_block_io_start(struct bpf_raw_tracepoint_args *ctx)
 	__u32 op = request_op(rq);
 	struct inflight started = { .cgroup_id = bpf_get_current_cgroup_id() };
 
-	if (op != REQ_OP_READ && op != REQ_OP_WRITE)
+	if (!counted_op(op))
 		return 0;
 	bpf_map_update_elem(&block_inflight, &id, &started, BPF_ANY);
 	return 0;
@@ -99,7 +109,7 @@ int pp_block_io_done(struct bpf_raw_tracepoint_args *ctx)
 	if (inflight->issued_ns) {
 		disk = BPF_CORE_READ(rq, q, disk);
 		key.cgroup_id = inflight->cgroup_id;
-		key.op = request_op(rq);
+		key.op = request_op(rq) & 1; /* op_is_write() */
 		if (disk)
 			key.dev = ((__u32)BPF_CORE_READ(disk, major) << MINORBITS) | (__u32)BPF_CORE_READ(disk, first_minor);
 		value = pp_lookup_or_init(&block_stats, &key, &zero_block);

@@ -7,7 +7,6 @@ import type { Collector, CollectorContext } from './collector.js';
 import { familyTotal, TracepointCollector } from './tracepoint.js';
 
 const requestsFamily = 'probepilot_block_io_requests_total';
-const ops = ['read', 'write'] as const;
 /** Offsets in struct block_value: requests, bytes, then struct pp_hist latency. */
 const valueLayout = { requests: 0, bytes: 8, latency: 16 } as const;
 
@@ -58,7 +57,7 @@ export function blockCollector(ctx: CollectorContext): Collector {
       views: [
         {
           map: 'block_stats',
-          keyLabels: (key) => ({ device: devices.nameOf(key.readUInt32LE(8)), op: ops[key.readUInt32LE(12)] ?? 'other' }),
+          keyLabels: (key) => ({ device: devices.nameOf(key.readUInt32LE(8)), op: key.readUInt32LE(12) === 1 ? 'write' : 'read' }),
           fields: [valueLayout.requests, valueLayout.bytes],
           histograms: [valueLayout.latency],
           families: [

@@ -161,6 +161,21 @@ t.test('block collector matches dd and /proc/diskstats per workload and device',
   const promtool = await promtoolCheckMetrics(text);
   t.ok(promtool.ok, `promtool check metrics is clean: ${promtool.output}`);
 
+  await t.test('write-zeroes requests count as writes, as diskstats counts them', async (t) => {
+    await quiet(device);
+    const before = { disk: diskStats(device), metrics: parseExposition(await agent.metrics()) };
+    const zeroed = 1024 * 1024;
+    // BLKZEROOUT: the loop device gets REQ_OP_WRITE_ZEROES requests (ext4's lazy inode-table init sends them too).
+    const res = await writer.exec('blkdiscard', ['-z', '-o', '0', '-l', String(zeroed), `/dev/${device}`]);
+    t.equal(res.code, 0, `blkdiscard -z ran (${res.stderr.trim()})`);
+    const after = { disk: diskStats(device), metrics: parseExposition(await agent.metrics()) };
+    const disk = delta(before.disk, after.disk);
+    const written = (filter: Record<string, string>) =>
+      sumSamples(after.metrics, bytes, { device, op: 'write', ...filter }) - sumSamples(before.metrics, bytes, { device, op: 'write', ...filter });
+    within(t, written({ cgroup: writer.cgroupPath }), zeroed, `${writer.name} zeroed bytes`, 'the range blkdiscard zeroed');
+    within(t, written({}), disk.writeBytes, `${device} write bytes`, 'diskstats sectors written × 512');
+  });
+
   await t.test('buffered writes: fsync is the writer\'s, flusher writeback is the node\'s', async (t) => {
     await execChecked('mkfs.ext4', ['-q', '-F', `/dev/${device}`], { timeoutMs: 30_000 });
     const mountPoint = mkdtempSync(path.join(os.tmpdir(), 'probepilot-block-mnt-'));
