@@ -3,7 +3,7 @@
 // errors and re-listed on a timer), with each pod's controller resolved to a
 // workload (ReplicaSet → Deployment, Job → CronJob). Metrics then carry
 // namespace/pod/container/workload/workload_kind instead of a cgroup path.
-import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1OwnerReference, type V1Pod } from '@kubernetes/client-node';
+import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1OwnerReference, type V1Pod, type V1PodList } from '@kubernetes/client-node';
 import { ConfigError } from '../config.js';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
@@ -39,6 +39,7 @@ export class PodWatcher {
   private readonly pods = new Map<string, PodInfo>();
   private readonly owners = new Map<string, Promise<{ name: string; kind: string }>>();
   private readonly listWatch: ListWatch<V1Pod>;
+  private readonly listPods: () => Promise<V1PodList>;
   private readonly apps: AppsV1Api;
   private readonly batch: BatchV1Api;
   private restartDelayMs: number = backoff.initialMs;
@@ -67,16 +68,10 @@ export class PodWatcher {
     this.apps = kc.makeApiClient(AppsV1Api);
     this.batch = kc.makeApiClient(BatchV1Api);
     const fieldSelector = `spec.nodeName=${options.nodeName}`;
-    this.listWatch = new ListWatch<V1Pod>(
-      '/api/v1/pods',
-      new ObservedWatch(kc, () => this.onReachable()),
-      () => core.listPodForAllNamespaces({ fieldSelector }).then((list) => (this.onReachable(), list)),
-      false,
-      undefined,
-      fieldSelector,
-    );
-    this.listWatch.on('add', (pod) => void this.upsert(pod));
-    this.listWatch.on('update', (pod) => void this.upsert(pod));
+    this.listPods = () => core.listPodForAllNamespaces({ fieldSelector }).then((list) => (this.onReachable(), list));
+    this.listWatch = new ListWatch<V1Pod>('/api/v1/pods', new ObservedWatch(kc, () => this.onReachable()), this.listPods, false, undefined, fieldSelector);
+    this.listWatch.on('add', (pod) => void this.upsert(pod, true));
+    this.listWatch.on('update', (pod) => void this.upsert(pod, true));
     this.listWatch.on('delete', (pod) => this.remove(pod));
     this.listWatch.on('error', (err) => this.onError(err));
   }
@@ -96,7 +91,7 @@ export class PodWatcher {
     const timeout = new Promise<void>((resolve) => (timer = setTimeout(resolve, initialSyncTimeoutMs)));
     await Promise.race([synced, timeout]);
     clearTimeout(timer);
-    this.relistTimer = setInterval(() => void this.restart('periodic re-list'), this.options.relistIntervalMs);
+    this.relistTimer = setInterval(() => void this.relist(), this.options.relistIntervalMs);
     this.relistTimer.unref();
   }
 
@@ -134,7 +129,27 @@ export class PodWatcher {
     await this.listWatch.start().catch((err: unknown) => this.onError(err));
   }
 
-  private async upsert(pod: V1Pod): Promise<void> {
+  /** A watch can go silent without an error: the full list, on a timer, brings back what it missed — deletions included. */
+  private async relist(): Promise<void> {
+    let list: V1PodList;
+    try {
+      list = await this.listPods();
+    } catch (err) {
+      this.onError(err);
+      return;
+    }
+    const listed = new Set(list.items.map((pod) => pod.metadata?.uid));
+    for (const uid of [...this.pods.keys()]) {
+      if (!listed.has(uid)) {
+        this.pods.delete(uid);
+        this.generation++;
+      }
+    }
+    await Promise.all(list.items.map((pod) => this.upsert(pod, false)));
+  }
+
+  /** `fromWatch`: the informer's cache is the truth, and a pod it dropped while the owner was looked up stays dropped. */
+  private async upsert(pod: V1Pod, fromWatch: boolean): Promise<void> {
     const uid = pod.metadata?.uid;
     if (!uid) return;
     const containers = new Map<string, string>();
@@ -146,7 +161,7 @@ export class PodWatcher {
     const name = pod.metadata?.name ?? '';
     const owner = await this.workloadOf(namespace, name, pod.metadata?.ownerReferences);
     // Deleted while its owner was looked up: it must not come back.
-    if (this.listWatch.get(name, namespace)?.metadata?.uid !== uid) return;
+    if (fromWatch && this.listWatch.get(name, namespace)?.metadata?.uid !== uid) return;
     this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers });
     this.generation++;
   }

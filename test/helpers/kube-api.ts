@@ -26,7 +26,7 @@ export class FakeKubeApi {
   private readonly history: WatchEvent[] = [];
   /** Watches from a resourceVersion older than this get 410 Gone. */
   private compactedThrough = 0;
-  private readonly watchers = new Set<{ res: ServerResponse; node: string | undefined }>();
+  private readonly watchers = new Set<{ res: ServerResponse; node: string | undefined; silent?: boolean }>();
   /** Every request path, in order. */
   readonly requests: string[] = [];
   /** While set, every request is answered 503 and open watches are cut: an outage whose retries can be counted. */
@@ -96,6 +96,11 @@ export class FakeKubeApi {
     this.record('DELETED', pod);
   }
 
+  /** Open watches stay connected but hear nothing more (a watch that went silent without an error). */
+  silenceWatches(): void {
+    for (const w of this.watchers) w.silent = true;
+  }
+
   /** Ends every open watch with ERROR 410 Gone, as an API server does when a watch's resourceVersion was compacted away. */
   expireWatches(): void {
     this.history.length = 0;
@@ -111,7 +116,7 @@ export class FakeKubeApi {
     pod.metadata.resourceVersion = String(rv);
     const event = { type, object: structuredClone(pod), rv };
     this.history.push(event);
-    for (const w of this.watchers) if (matches(event.object, w.node)) w.res.write(`${JSON.stringify({ type, object: event.object })}\n`);
+    for (const w of this.watchers) if (!w.silent && matches(event.object, w.node)) w.res.write(`${JSON.stringify({ type, object: event.object })}\n`);
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {

@@ -3,7 +3,7 @@
 // Their metrics must carry namespace/pod/container/workload labels; an API
 // outage keeps the labels and flips probepilot_kubernetes_api_up with a
 // bounded request rate; 410 Gone makes the agent list again; a deleted pod's
-// series go away after the grace period.
+// series go away after the grace period, even when the watch went silent.
 import t from 'tap';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
@@ -18,6 +18,7 @@ import { waitFor } from '../helpers/wait.js';
 
 const nodeName = 'test-node';
 const graceSeconds = 3;
+const relistSeconds = 10;
 
 function podObject(pod: Pod, namespace: string, name: string, owner: { kind: string; name: string }, node = nodeName): KubeObject {
   return {
@@ -71,6 +72,7 @@ t.test('pod identity from the API server on tracepoint and network metrics', asy
       PROBEPILOT_KUBERNETES_KUBECONFIG: kubeconfig,
       NODE_NAME: nodeName,
       PROBEPILOT_SERIES_GRACE_SECONDS: String(graceSeconds),
+      PROBEPILOT_KUBERNETES_RELIST_INTERVAL_SECONDS: String(relistSeconds),
       PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
       PROBEPILOT_COLLECTORS_SCHED_ENABLED: 'false',
       PROBEPILOT_COLLECTORS_SYSCALLS_ENABLED: 'false',
@@ -135,6 +137,16 @@ t.test('pod identity from the API server on tracepoint and network metrics', asy
     });
     t.pass(`gone within ${graceSeconds} s grace plus a collection`);
     t.equal(await value(agent, 'probepilot_process_execs_total', { ...webLabels, container: 'app' }), 46, 'the other pod keeps its counts');
+  });
+
+  await t.test('a watch gone silent: the timed re-list still sees a deletion', async (t) => {
+    api.silenceWatches();
+    api.deletePod('shop', 'web-7d9f-x2k4p');
+    await waitFor(async () => (await value(agent, 'probepilot_process_execs_total', { pod: 'web-7d9f-x2k4p' })) === 0, {
+      timeoutMs: (relistSeconds + graceSeconds + 15) * 1000,
+      what: 'the re-list to drop the pod the silent watch never reported',
+    });
+    t.pass(`dropped by the re-list (every ${relistSeconds} s) and gone after the grace period`);
   });
 
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
