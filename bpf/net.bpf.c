@@ -1,7 +1,8 @@
 // SPDX-License-Identifier: (GPL-2.0-only OR BSD-2-Clause)
 /* Network collector: bytes and packets per workload, direction and L4
  * protocol, counted at TC on the node's interfaces and summed per CPU in the
- * kernel. It only observes: every packet continues (TC_ACT_UNSPEC, which is
+ * kernel; and, per workload and direction, the same per peer (the flow
+ * matrix). It only observes: every packet continues (TC_ACT_UNSPEC, which is
  * also TCX_NEXT). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -61,6 +62,60 @@ struct {
 
 static const struct traffic_value zero_traffic;
 
+/* Set by userspace before load: whether the peer matrix is counted at all. */
+const volatile bool flows_enabled = true;
+
+/* Peer classes; userspace numbers configured CIDR names from PEER_FIRST_NAMED. */
+enum peer_class { PEER_WORLD = 0, PEER_POD = 1, PEER_HOST = 2, PEER_FIRST_NAMED = 3 };
+
+struct peer_address {
+	__u8 family;
+	__u8 pad[3];
+	__u8 addr[16]; /* IPv4 in the first 4 bytes */
+};
+
+struct peer_prefix {
+	__u32 prefixlen; /* bits of what follows: 8 for the family, then the address's */
+	__u8 family;
+	__u8 addr[16];
+};
+
+struct flow_key {
+	__u64 cgroup_id; /* as traffic_key */
+	__u32 ifindex;   /* as traffic_key */
+	__u8 direction;
+	__u8 family;
+	__u16 peer_class;
+	/* Only pods keep their address: every other peer folds into its class, so
+	 * the map stays bounded by workloads x known pods whatever the world sends. */
+	__u8 peer_addr[16];
+};
+
+/* Exact addresses of known peers (pods, the node's own addresses): one hash
+ * lookup per packet for the common case. */
+struct {
+	__uint(type, BPF_MAP_TYPE_HASH);
+	__uint(max_entries, 65536); /* sized by userspace (collectors.network.flows.maxPeers) */
+	__type(key, struct peer_address);
+	__type(value, __u16);
+} net_peer_addresses SEC(".maps");
+
+/* Configured CIDR names, longest prefix wins; only looked up on a miss above. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LPM_TRIE);
+	__uint(max_entries, 1024);
+	__uint(map_flags, BPF_F_NO_PREALLOC);
+	__type(key, struct peer_prefix);
+	__type(value, __u16);
+} net_peer_cidrs SEC(".maps");
+
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 65536); /* sized by userspace (collectors.network.flows.maxEntries) */
+	__type(key, struct flow_key);
+	__type(value, struct traffic_value);
+} net_flows SEC(".maps");
+
 struct {
 	__uint(type, BPF_MAP_TYPE_HASH);
 	__uint(max_entries, 8192);
@@ -107,6 +162,49 @@ static __always_inline __u8 ipv6_l4(struct __sk_buff *skb, __u32 offset)
 	return classify_l4(next);
 }
 
+/* The peer is the far end as the workload sees it: the destination of what
+ * it sends, the source of what it receives. */
+static __always_inline void count_flow(struct __sk_buff *skb, const struct traffic_key *traffic, __u32 l3)
+{
+	bool peer_is_destination = traffic->direction == DIR_EGRESS;
+	struct flow_key key = {
+		.cgroup_id = traffic->cgroup_id,
+		.ifindex = traffic->ifindex,
+		.direction = traffic->direction,
+		.family = traffic->family,
+	};
+	struct peer_address peer = { .family = traffic->family };
+	__u16 *class;
+
+	if (traffic->family == FAMILY_IPV4) {
+		if (bpf_skb_load_bytes(skb, l3 + (peer_is_destination ? 16 : 12), peer.addr, 4))
+			return;
+	} else {
+		if (bpf_skb_load_bytes(skb, l3 + (peer_is_destination ? 24 : 8), peer.addr, 16))
+			return;
+	}
+
+	class = bpf_map_lookup_elem(&net_peer_addresses, &peer);
+	if (!class) {
+		struct peer_prefix prefix = {
+			.prefixlen = 8 + (traffic->family == FAMILY_IPV4 ? 32 : 128),
+			.family = traffic->family,
+		};
+
+		__builtin_memcpy(prefix.addr, peer.addr, sizeof(prefix.addr));
+		class = bpf_map_lookup_elem(&net_peer_cidrs, &prefix);
+	}
+	key.peer_class = class ? *class : PEER_WORLD;
+	if (key.peer_class == PEER_POD)
+		__builtin_memcpy(key.peer_addr, peer.addr, sizeof(key.peer_addr));
+
+	struct traffic_value *value = pp_lookup_or_init(&net_flows, &key, &zero_traffic);
+	if (value) {
+		value->bytes += skb->len;
+		value->packets += 1;
+	}
+}
+
 static __always_inline void count(struct __sk_buff *skb, bool tc_ingress)
 {
 	__u32 ifindex = skb->ifindex;
@@ -139,6 +237,8 @@ static __always_inline void count(struct __sk_buff *skb, bool tc_ingress)
 		value->bytes += skb->len;
 		value->packets += 1;
 	}
+	if (flows_enabled && key.family != FAMILY_OTHER)
+		count_flow(skb, &key, l3);
 }
 
 SEC("tc")

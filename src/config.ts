@@ -5,10 +5,19 @@
 import { readFileSync } from 'node:fs';
 import { parse as parseYaml } from 'yaml';
 import { logLevels, type LogLevel } from './log.js';
+import { parsePrefix } from './ip.js';
 import { currentSyscallArch, defaultTrackedSyscalls, trackableSyscalls } from './collectors/syscall-table.js';
 
 export const attachModes = ['auto', 'tcx', 'clsact'] as const;
 export type AttachModeSetting = (typeof attachModes)[number];
+export const peerLabels = ['workload', 'pod'] as const;
+export type PeerLabelSetting = (typeof peerLabels)[number];
+
+/** A configured name for the peers in a CIDR prefix. */
+export interface NamedPrefix {
+  name: string;
+  cidr: string;
+}
 
 export interface ListenAddress {
   host: string;
@@ -35,6 +44,13 @@ export interface AgentConfig {
       interfaces: { include: string[]; exclude: string[] };
       maxEntries: number;
       rescanIntervalSeconds: number;
+      flows: {
+        enabled: boolean;
+        maxEntries: number;
+        maxPeers: number;
+        peerLabel: PeerLabelSetting;
+        peerCidrs: NamedPrefix[];
+      };
     };
     drops: {
       enabled: boolean;
@@ -75,7 +91,8 @@ type Leaf =
   | { kind: 'number'; integer: boolean; min: number; max: number; default: number; doc: string }
   | { kind: 'string'; default: string; doc: string }
   | { kind: 'globs'; default: readonly string[]; doc: string }
-  | { kind: 'names'; values: readonly string[]; default: readonly string[]; doc: string };
+  | { kind: 'names'; values: readonly string[]; default: readonly string[]; doc: string }
+  | { kind: 'prefixes'; reserved: readonly string[]; default: readonly string[]; doc: string };
 
 interface Section {
   [key: string]: Leaf | Section;
@@ -153,6 +170,18 @@ export const schema = {
         max: 60,
         default: 1,
         doc: 'How often interfaces are listed to attach to new ones and forget removed ones.',
+      },
+      flows: {
+        enabled: { kind: 'boolean', default: true, doc: 'The peer matrix: bytes and packets per workload, direction and peer (probepilot_network_flow_*).' },
+        maxEntries: mapCapacity(65536, 'Capacity of the kernel peer matrix map (workload × direction × peer); a full map counts probepilot_collector_events_dropped_total.'),
+        maxPeers: mapCapacity(65536, 'Most peer addresses (pods and the node\'s own addresses) the kernel tells apart; beyond that peers count as world.'),
+        peerLabel: { kind: 'enum', values: peerLabels, default: 'workload', doc: 'How a pod peer is named: peer_workload (bounded) or peer_pod.' },
+        peerCidrs: {
+          kind: 'prefixes',
+          reserved: ['pod', 'host', 'world'],
+          default: [],
+          doc: 'Names for non-pod peers, as NAME=CIDR (e.g. node=10.0.0.0/24, corp=172.16.0.0/12); the longest prefix wins, anything else is world.',
+        },
       },
     },
     drops: {
@@ -256,6 +285,18 @@ function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean
       const unknown = list.filter((item) => typeof item !== 'string' || !leaf.values.includes(item));
       if (unknown.length) throw new ConfigError(key, `got ${describe(unknown.length === 1 ? unknown[0] : unknown)}, allowed values: ${leaf.values.join(', ')}`);
       return [...new Set(list as string[])];
+    }
+    case 'prefixes': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      if (!Array.isArray(list)) throw new ConfigError(key, `got ${describe(value)}, expected a list of NAME=CIDR (e.g. ["node=10.0.0.0/24"])`);
+      return list.map((item: unknown) => {
+        const match = typeof item === 'string' ? /^([a-z][a-z0-9_-]{0,62})=(\S+)$/.exec(item) : null;
+        if (!match || !parsePrefix(match[2]!)) {
+          throw new ConfigError(key, `got ${describe(item)}, expected NAME=CIDR with a lower-case name (letters, digits, - and _) and an IPv4 or IPv6 prefix, e.g. "node=10.0.0.0/24"`);
+        }
+        if (leaf.reserved.includes(match[1]!)) throw new ConfigError(key, `got ${describe(item)}: the names ${leaf.reserved.join(', ')} are reserved for the built-in peer classes`);
+        return { name: match[1]!, cidr: match[2]! };
+      });
     }
     case 'globs': {
       const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;

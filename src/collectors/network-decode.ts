@@ -65,3 +65,71 @@ const ARPHRD_LOOPBACK = 772;
 export function l3OffsetFor(hwType: number): number {
   return hwType === ARPHRD_ETHER || hwType === ARPHRD_LOOPBACK ? 14 : 0;
 }
+
+/** struct flow_key and struct traffic_value in net.bpf.c. */
+export const flowKeySize = 32;
+
+/** enum peer_class in net.bpf.c; configured CIDR names are numbered from firstNamed. */
+export const PeerClass = { world: 0, pod: 1, host: 2, firstNamed: 3 } as const;
+
+export interface FlowEntry {
+  index: number;
+  cgroupId: bigint;
+  ifindex: number;
+  direction: Direction;
+  peerClass: number;
+  /** "<family>:<hex of the 16 address bytes>" for pod peers (see peerAddressId), "" for the others. */
+  peerAddress: string;
+  bytes: number;
+  packets: number;
+}
+
+export function decodeFlows(dump: MapDump, cpus: number): FlowEntry[] {
+  if (dump.keySize !== flowKeySize) throw new Error(`net_flows key is ${dump.keySize} bytes, expected ${flowKeySize}: object and agent disagree`);
+  const stride = dump.valueSize / cpus;
+  const entries: FlowEntry[] = new Array(dump.count);
+  for (let i = 0; i < dump.count; i++) {
+    const k = i * flowKeySize;
+    const peerClass = dump.keys.readUInt16LE(k + 14);
+    const family = dump.keys[k + 13]!;
+    entries[i] = {
+      index: i,
+      cgroupId: dump.keys.readBigUInt64LE(k),
+      ifindex: dump.keys.readUInt32LE(k + 8),
+      direction: directions[dump.keys[k + 12]!] ?? 'ingress',
+      peerClass,
+      peerAddress: peerClass === PeerClass.pod ? peerAddressId(family, dump.keys.subarray(k + 16, k + 32)) : '',
+      bytes: sumPerCpuU64(dump, i, 0, stride, cpus),
+      packets: sumPerCpuU64(dump, i, 8, stride, cpus),
+    };
+  }
+  return entries;
+}
+
+/** A stable id for an address, the same whether it came from the kernel or from text. */
+export function peerAddressId(family: number, address: Uint8Array): string {
+  return `${family}:${Buffer.from(address).toString('hex')}`;
+}
+
+/** Key of net_peer_addresses: struct peer_address. */
+export function encodePeerAddress(family: 4 | 6, address: Uint8Array): Buffer {
+  const key = Buffer.alloc(20);
+  key[0] = family;
+  key.set(address, 4);
+  return key;
+}
+
+/** Key of net_peer_cidrs: struct peer_prefix, whose prefix also covers the family byte. */
+export function encodePeerPrefix(family: 4 | 6, address: Uint8Array, prefixLength: number): Buffer {
+  const key = Buffer.alloc(24);
+  key.writeUInt32LE(8 + prefixLength, 0);
+  key[4] = family;
+  key.set(address, 5);
+  return key;
+}
+
+export function encodePeerClass(peerClass: number): Buffer {
+  const value = Buffer.alloc(2);
+  value.writeUInt16LE(peerClass);
+  return value;
+}

@@ -7,19 +7,25 @@ import { ppStatSlots, readPpStat, selectKeys } from '../bpf/maps.js';
 import { describeError } from '../errors.js';
 import { globMatcher } from '../glob.js';
 import { rootCgroup } from '../identity/cgroups.js';
-import type { FamilyDescriptor, Labels, MetricFamily } from '../metrics/model.js';
+import { counterFamily, type FamilyDescriptor, type Labels, type MetricFamily, type ScalarSample } from '../metrics/model.js';
 import { CounterSeries } from '../metrics/series.js';
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
 import { SerialQueue } from './serial.js';
 import {
   Attribution,
+  decodeFlows,
   decodeTraffic,
   encodeIfaceConfig,
   encodeIfindex,
   l3OffsetFor,
   type AttributionKind,
+  type FlowEntry,
   type TrafficEntry,
 } from './network-decode.js';
+import { PeerDirectory, peerLabelNames } from './network-peers.js';
+
+/** What the traffic and flow maps have in common. */
+type CountedEntry = Pick<TrafficEntry, 'index' | 'cgroupId' | 'ifindex' | 'bytes' | 'packets'>;
 
 const programFor: Record<TcDirection, string> = { ingress: 'pp_net_ingress', egress: 'pp_net_egress' };
 const tcDirections: readonly TcDirection[] = ['ingress', 'egress'];
@@ -43,6 +49,8 @@ export class NetworkCollector implements Collector {
   readonly families: readonly FamilyDescriptor[];
   private readonly bytesFamily: FamilyDescriptor;
   private readonly packetsFamily: FamilyDescriptor;
+  private readonly flowBytesFamily: FamilyDescriptor;
+  private readonly flowPacketsFamily: FamilyDescriptor;
   private readonly interfacesFamily: FamilyDescriptor = {
     name: 'probepilot_network_interfaces_attached',
     help: 'Interfaces the network collector is attached to, by attach mode.',
@@ -54,6 +62,9 @@ export class NetworkCollector implements Collector {
   private readonly interfaces = new Map<number, AttachedInterface>();
   private readonly wanted: (name: string) => boolean;
   private readonly totals: CounterSeries;
+  /** The peer matrix, when enabled. */
+  private readonly flows: CounterSeries | undefined;
+  private readonly peers: PeerDirectory | undefined;
   private readonly cpus: number;
   /** Learned in auto mode from the first attach. */
   private tcxAvailable: boolean | undefined;
@@ -78,10 +89,28 @@ export class NetworkCollector implements Collector {
       type: 'counter',
       labelNames,
     };
-    this.families = [this.bytesFamily, this.packetsFamily, this.interfacesFamily];
-    const { interfaces } = ctx.config.collectors.network;
+    const { interfaces, flows } = ctx.config.collectors.network;
+    const flowLabelNames = [...ctx.identity.labelNames('pod'), 'direction', ...peerLabelNames(flows.peerLabel)];
+    this.flowBytesFamily = {
+      name: 'probepilot_network_flow_bytes_total',
+      help: 'Bytes a workload sent to (egress) and received from (ingress) each peer: a pod of this node, or a class of peers (host, world, configured CIDR names).',
+      type: 'counter',
+      labelNames: flowLabelNames,
+    };
+    this.flowPacketsFamily = {
+      name: 'probepilot_network_flow_packets_total',
+      help: 'Packets a workload sent to (egress) and received from (ingress) each peer: a pod of this node, or a class of peers (host, world, configured CIDR names).',
+      type: 'counter',
+      labelNames: flowLabelNames,
+    };
+    this.families = [this.bytesFamily, this.packetsFamily, ...(flows.enabled ? [this.flowBytesFamily, this.flowPacketsFamily] : []), this.interfacesFamily];
     this.wanted = globMatcher(interfaces.include, interfaces.exclude);
-    this.totals = new CounterSeries(2, ctx.config.seriesGraceSeconds * 1000, ctx.config.seriesLimit);
+    const graceMs = ctx.config.seriesGraceSeconds * 1000;
+    this.totals = new CounterSeries(2, graceMs, ctx.config.seriesLimit);
+    if (flows.enabled) {
+      this.flows = new CounterSeries(2, graceMs, ctx.config.seriesLimit);
+      this.peers = new PeerDirectory(flows.peerCidrs, flows.peerLabel, flows.maxPeers);
+    }
     this.cpus = ctx.addon.possibleCpus();
     this.log = ctx.log.child({ collector: this.name });
   }
@@ -89,9 +118,14 @@ export class NetworkCollector implements Collector {
   async start(): Promise<void> {
     const objectPath = path.join(bpfObjectDir, 'net.bpf.o');
     const object = new this.ctx.addon.BpfObject(objectPath);
+    const { maxEntries, flows } = this.ctx.config.collectors.network;
     try {
-      object.setMapMaxEntries('net_traffic', this.ctx.config.collectors.network.maxEntries);
+      object.setMapMaxEntries('net_traffic', maxEntries);
+      object.setConst('flows_enabled', Buffer.from([flows.enabled ? 1 : 0]));
+      object.setMapMaxEntries('net_flows', flows.maxEntries);
+      object.setMapMaxEntries('net_peer_addresses', flows.maxPeers);
       object.load();
+      this.peers?.installCidrs(object);
     } catch (err) {
       object.close();
       throw new CollectorUnavailableError(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`);
@@ -133,45 +167,46 @@ export class NetworkCollector implements Collector {
   collect(): Promise<MetricFamily[]> {
     return this.queue.run(async () => {
       const object = this.requireObject();
-      const dump = await object.readMap('net_traffic');
-      const entries = decodeTraffic(dump, this.cpus);
       const now = Date.now();
-      const { cgroups } = this.ctx.identity;
-      const goneCgroupEntries: TrafficEntry[] = [];
-      const relabeled: TrafficEntry[] = [];
       this.totals.beginCollection();
-      for (const entry of entries) {
-        if (entry.cgroupId !== 0n && cgroups.isGone(entry.cgroupId)) goneCgroupEntries.push(entry);
-        else if (!this.add(dump, entry, now, false)) relabeled.push(entry);
+      this.flows?.beginCollection();
+      const traffic = await object.readMap('net_traffic');
+      const goneCgroups = this.fold(object, 'net_traffic', this.totals, traffic, decodeTraffic(traffic, this.cpus), (e) => this.trafficLabels(e), now, false);
+      if (this.flows && this.peers) {
+        const flows = await object.readMap('net_flows');
+        const peers = this.peers;
+        for (const id of this.fold(object, 'net_flows', this.flows, flows, decodeFlows(flows, this.cpus), (e) => this.flowLabels(peers, e), now, false)) goneCgroups.add(id);
+        peers.forgetDeparted();
       }
-      this.retire(object, dump, goneCgroupEntries, now);
-      // Their counts so far already stayed with their old series: only the kernel entries go.
-      if (relabeled.length) object.deleteKeys('net_traffic', selectKeys(dump, relabeled.map((e) => e.index)));
-      for (const entry of goneCgroupEntries) cgroups.forget(entry.cgroupId);
+      for (const id of goneCgroups) this.ctx.identity.cgroups.forget(id);
 
-      const bytes: { labels: Labels; value: number }[] = [];
-      const packets: { labels: Labels; value: number }[] = [];
+      const families: MetricFamily[] = [];
       let packetsTotal = 0;
-      for (const { labels, values } of this.totals.finishCollection(now)) {
-        bytes.push({ labels, value: values[0]! });
-        packets.push({ labels, value: values[1]! });
-        packetsTotal += values[1]!;
+      for (const [series, bytesFamily, packetsFamily] of [
+        [this.totals, this.bytesFamily, this.packetsFamily],
+        ...(this.flows ? [[this.flows, this.flowBytesFamily, this.flowPacketsFamily] as const] : []),
+      ] as const) {
+        const bytes: ScalarSample[] = [];
+        const packets: ScalarSample[] = [];
+        for (const { labels, values } of series.finishCollection(now)) {
+          bytes.push({ labels, value: values[0]! });
+          packets.push({ labels, value: values[1]! });
+          if (series === this.totals) packetsTotal += values[1]!;
+        }
+        families.push(counterFamily(bytesFamily, bytes), counterFamily(packetsFamily, packets));
       }
       this.lastHealth = {
         eventsProcessed: packetsTotal,
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
-        seriesDropped: this.totals.droppedSeries,
+        seriesDropped: this.totals.droppedSeries + (this.flows?.droppedSeries ?? 0),
       };
       const byMode = new Map<string, number>([['tcx', 0], ['clsact', 0]]);
       for (const iface of this.interfaces.values()) {
         const mode = iface.attachments[0]?.mode;
         if (mode) byMode.set(mode, (byMode.get(mode) ?? 0) + 1);
       }
-      return [
-        { ...this.bytesFamily, type: 'counter', samples: bytes },
-        { ...this.packetsFamily, type: 'counter', samples: packets },
-        { ...this.interfacesFamily, type: 'gauge', samples: [...byMode].map(([mode, value]) => ({ labels: { mode }, value })) },
-      ];
+      families.push(counterFamily(this.interfacesFamily, [...byMode].map(([mode, value]) => ({ labels: { mode }, value }))));
+      return families;
     });
   }
 
@@ -180,47 +215,84 @@ export class NetworkCollector implements Collector {
     return this.object;
   }
 
-  private workloadOf(entry: TrafficEntry): string {
+  private workloadOf(entry: CountedEntry): string {
     if (entry.ifindex !== 0) return this.interfaces.get(entry.ifindex)?.workload ?? rootCgroup;
     return this.ctx.identity.cgroups.resolve(entry.cgroupId) ?? rootCgroup;
   }
 
-  /** False when the entry's labels changed since it was last read (see CounterSeries.addLive). */
-  private add(dump: MapDump, entry: TrafficEntry, now: number, retire: boolean): boolean {
-    const workload = this.workloadOf(entry);
-    const labels = { ...this.ctx.identity.labelsFor(workload, 'pod'), direction: entry.direction, protocol: entry.protocol };
-    // Series are their label sets: entries that name the same workload add up.
-    const key = Object.values(labels).join('\0');
-    const entryId = dump.keys.toString('hex', entry.index * dump.keySize, (entry.index + 1) * dump.keySize);
-    const values = [entry.bytes, entry.packets];
-    if (!retire) return this.totals.addLive(entryId, key, labels, values, now);
-    this.totals.retire(entryId, key, labels, values, now);
-    return true;
+  private trafficLabels(entry: TrafficEntry): { labels: Labels; current: boolean } {
+    return { labels: { ...this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod'), direction: entry.direction, protocol: entry.protocol }, current: true };
   }
 
-  /** Moves entries' final counts into their series and deletes them from the kernel map. */
-  private retire(object: BpfObject, dump: MapDump, entries: readonly TrafficEntry[], now: number): void {
-    if (!entries.length) return;
-    for (const entry of entries) this.add(dump, entry, now, true);
-    object.deleteKeys(
-      'net_traffic',
-      selectKeys(
-        dump,
-        entries.map((e) => e.index),
-      ),
-    );
+  private flowLabels(peers: PeerDirectory, entry: FlowEntry): { labels: Labels; current: boolean } {
+    const peer = peers.labelsOf(entry.peerClass, entry.peerAddress);
+    return { labels: { ...this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod'), direction: entry.direction, ...peer.labels }, current: peer.current };
+  }
+
+  /**
+   * Folds one map's entries into their series. Entries whose cgroup is gone,
+   * whose peer is no longer current, or (`retireAll`) whose interface goes
+   * away keep their final counts in their series and leave the kernel map;
+   * so do entries whose labels changed since the last read (see
+   * CounterSeries.addLive), which then count afresh under the new labels.
+   * Returns the gone cgroups, to forget once every map has been read.
+   */
+  private fold<E extends CountedEntry>(
+    object: BpfObject,
+    map: string,
+    series: CounterSeries,
+    dump: MapDump,
+    entries: readonly E[],
+    labelsOf: (entry: E) => { labels: Labels; current: boolean },
+    now: number,
+    retireAll: boolean,
+  ): Set<bigint> {
+    const { cgroups } = this.ctx.identity;
+    const gone = new Set<bigint>();
+    const deleted: number[] = [];
+    for (const entry of entries) {
+      const { labels, current } = labelsOf(entry);
+      // Series are their label sets: entries that name the same workload and peer add up.
+      const key = Object.values(labels).join('\0');
+      const entryId = dump.keys.toString('hex', entry.index * dump.keySize, (entry.index + 1) * dump.keySize);
+      const values = [entry.bytes, entry.packets];
+      const cgroupGone = entry.cgroupId !== 0n && cgroups.isGone(entry.cgroupId);
+      if (cgroupGone) gone.add(entry.cgroupId);
+      if (retireAll || cgroupGone || !current) {
+        series.retire(entryId, key, labels, values, now);
+        deleted.push(entry.index);
+      } else if (!series.addLive(entryId, key, labels, values, now)) {
+        deleted.push(entry.index);
+      }
+    }
+    if (deleted.length) object.deleteKeys(map, selectKeys(dump, deleted));
+    return gone;
   }
 
   /** Final counts of one interface go to its current workload, then its kernel entries are dropped. */
   private async retireInterface(object: BpfObject, ifindex: number): Promise<void> {
-    const dump = await object.readMap('net_traffic');
-    const entries = decodeTraffic(dump, this.cpus).filter((e) => e.ifindex === ifindex);
-    this.retire(object, dump, entries, Date.now());
+    const now = Date.now();
+    const traffic = await object.readMap('net_traffic');
+    const ofInterface = <E extends CountedEntry>(entries: E[]) => entries.filter((e) => e.ifindex === ifindex);
+    this.fold(object, 'net_traffic', this.totals, traffic, ofInterface(decodeTraffic(traffic, this.cpus)), (e) => this.trafficLabels(e), now, true);
+    if (this.flows && this.peers) {
+      const flows = await object.readMap('net_flows');
+      const peers = this.peers;
+      this.fold(object, 'net_flows', this.flows, flows, ofInterface(decodeFlows(flows, this.cpus)), (e) => this.flowLabels(peers, e), now, true);
+    }
   }
 
   private async rescan(): Promise<void> {
     const object = this.object;
     if (!object) return;
+    try {
+      if (this.peers?.sync(object, this.ctx.identity.peerPods())) {
+        this.log.warn({ peers: this.peers.overflow }, 'peer addresses beyond collectors.network.flows.maxPeers: their traffic counts as world');
+      }
+    } catch (err) {
+      // Peers stay as they were; interfaces must still come and go.
+      this.log.warn({ err: describeError(err) }, 'cannot update the peer addresses');
+    }
     const links = this.ctx.addon.listLinks();
     const present = new Map(links.map((l) => [l.ifindex, l]));
     for (const iface of [...this.interfaces.values()]) {

@@ -10,6 +10,13 @@ import { NetnsWorkloads } from './netns.js';
  */
 export type IdentityScope = 'container' | 'pod';
 
+/** A pod as the peer of some traffic. */
+export interface PeerPod {
+  namespace: string;
+  pod: string;
+  workload: string;
+}
+
 export interface Identity {
   readonly mode: 'standalone' | 'kubernetes';
   readonly cgroups: CgroupPaths;
@@ -18,6 +25,8 @@ export interface Identity {
   labelNames(scope: IdentityScope): readonly string[];
   /** Labels for a workload's cgroup path; the root stands for the node itself and for what cannot be attributed. */
   labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels;
+  /** Pods by IP address (text), for the peer side of traffic; the same object until something changes. Empty when pods are unknown (standalone). */
+  peerPods(): ReadonlyMap<string, PeerPod>;
   /** What the identity source reports about itself (e.g. whether the API server answers). */
   readonly families: readonly FamilyDescriptor[];
   metrics(): MetricFamily[];
@@ -27,6 +36,7 @@ export class StandaloneIdentity implements Identity {
   readonly mode = 'standalone';
   readonly families: readonly FamilyDescriptor[] = [];
   private readonly cache = new Map<string, Labels>();
+  private readonly noPeers: ReadonlyMap<string, PeerPod> = new Map();
 
   constructor(
     readonly cgroups: CgroupPaths,
@@ -47,6 +57,11 @@ export class StandaloneIdentity implements Identity {
       this.cache.set(key, labels);
     }
     return labels;
+  }
+
+  /** Standalone mode knows no pods; peers fall into their classes (host, world, configured CIDRs). */
+  peerPods(): ReadonlyMap<string, PeerPod> {
+    return this.noPeers;
   }
 
   metrics(): MetricFamily[] {

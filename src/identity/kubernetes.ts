@@ -9,7 +9,7 @@ import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import { sanitizeLabelValue, type FamilyDescriptor, type Labels, type MetricFamily } from '../metrics/model.js';
 import type { CgroupPaths } from './cgroups.js';
-import type { Identity, IdentityScope } from './identity.js';
+import type { Identity, IdentityScope, PeerPod } from './identity.js';
 import { parseKubeletCgroup, runtimeContainerId } from './kubelet.js';
 import type { NetnsWorkloads } from './netns.js';
 
@@ -20,6 +20,8 @@ export interface PodInfo {
   workloadKind: string;
   /** Runtime container id → container name. */
   containers: ReadonlyMap<string, string>;
+  /** The pod's own addresses (status.podIPs); none for host-network pods, whose addresses are the node's. */
+  ips: readonly string[];
 }
 
 export interface PodWatcherOptions {
@@ -82,6 +84,10 @@ export class PodWatcher {
 
   get(uid: string): PodInfo | undefined {
     return this.pods.get(uid);
+  }
+
+  values(): IterableIterator<PodInfo> {
+    return this.pods.values();
   }
 
   /** Resolves after the first list, or after `initialSyncTimeoutMs` with what is known by then: a hung API server must not keep the agent from serving. */
@@ -162,7 +168,8 @@ export class PodWatcher {
     const owner = await this.workloadOf(namespace, name, pod.metadata?.ownerReferences);
     // Deleted while its owner was looked up: it must not come back.
     if (fromWatch && this.listWatch.get(name, namespace)?.metadata?.uid !== uid) return;
-    this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers });
+    const ips = pod.spec?.hostNetwork ? [] : (pod.status?.podIPs?.map((a) => a.ip) ?? (pod.status?.podIP ? [pod.status.podIP] : []));
+    this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers, ips });
     this.generation++;
   }
 
@@ -235,6 +242,8 @@ export class KubernetesIdentity implements Identity {
   readonly mode = 'kubernetes';
   private readonly cache = new Map<string, Labels>();
   private cachedGeneration = -1;
+  private peers: ReadonlyMap<string, PeerPod> = new Map();
+  private peersGeneration = -1;
 
   constructor(
     readonly cgroups: CgroupPaths,
@@ -283,6 +292,19 @@ export class KubernetesIdentity implements Identity {
     const out: Record<string, string> = {};
     for (const name of labelNamesByScope[scope]) out[name] = sanitizeLabelValue(labels[name] ?? '');
     return out;
+  }
+
+  /** The pods of this node by address (peers on other nodes are not watched: they fall into their CIDR class or world). */
+  peerPods(): ReadonlyMap<string, PeerPod> {
+    if (this.peersGeneration !== this.pods.generation) {
+      const peers = new Map<string, PeerPod>();
+      for (const pod of this.pods.values()) {
+        for (const ip of pod.ips) peers.set(ip, { namespace: pod.namespace, pod: pod.name, workload: pod.workload });
+      }
+      this.peers = peers;
+      this.peersGeneration = this.pods.generation;
+    }
+    return this.peers;
   }
 
   readonly families: readonly FamilyDescriptor[] = [apiUpFamily];

@@ -5,14 +5,55 @@
 // on the same port to make an outage.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
-import { writeFileSync } from 'node:fs';
+import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import type { Test } from 'tap';
 import type { AddressInfo } from 'node:net';
+import type { Pod } from './pods.js';
 
 export interface KubeObject {
   metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; ownerReferences?: Array<{ kind: string; name: string; controller?: boolean; apiVersion?: string; uid?: string }> };
   spec?: { nodeName?: string };
   status?: Record<string, unknown>;
   [key: string]: unknown;
+}
+
+export interface PodObjectOptions {
+  namespace: string;
+  name: string;
+  /** The pod's controller, e.g. a ReplicaSet. */
+  owner: { kind: string; name: string };
+  /** Default "test-node". */
+  node?: string;
+}
+
+/** The pod object a kubelet would report for a test pod: its uid, both addresses, and one running container "app". */
+export function podObject(pod: Pod, { namespace, name, owner, node = 'test-node' }: PodObjectOptions): KubeObject {
+  return {
+    apiVersion: 'v1',
+    kind: 'Pod',
+    metadata: { name, namespace, uid: pod.uid, ownerReferences: [{ apiVersion: 'apps/v1', kind: owner.kind, name: owner.name, uid: `${owner.name}-uid`, controller: true }] },
+    spec: { nodeName: node },
+    status: {
+      phase: 'Running',
+      podIP: pod.ipv4,
+      podIPs: [{ ip: pod.ipv4 }, { ip: pod.ipv6 }],
+      containerStatuses: [{ name: 'app', containerID: `containerd://${pod.containerId}`, ready: true, restartCount: 0, image: 'app', imageID: 'app' }],
+    },
+  };
+}
+
+/** A started FakeKubeApi and a kubeconfig file for it; both go away with the test. */
+export async function startFakeKubeApi(t: Test): Promise<{ api: FakeKubeApi; kubeconfig: string }> {
+  const api = new FakeKubeApi();
+  await api.start();
+  t.teardown(() => api.stop());
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pp-kube-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const kubeconfig = path.join(dir, 'kubeconfig');
+  api.writeKubeconfig(kubeconfig);
+  return { api, kubeconfig };
 }
 
 type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; object: KubeObject; rv: number };

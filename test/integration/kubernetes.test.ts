@@ -5,30 +5,17 @@
 // bounded request rate; 410 Gone makes the agent list again; a deleted pod's
 // series go away after the grace period, even when the watch went silent.
 import t from 'tap';
-import { mkdtempSync, rmSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { startAgent, type AgentProcess } from '../helpers/agent.js';
 import { checkExposition, parseExposition, sumSamples, type LabelFilter } from '../helpers/exposition.js';
-import { FakeKubeApi, type KubeObject } from '../helpers/kube-api.js';
+import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { waitFor } from '../helpers/wait.js';
 
 const nodeName = 'test-node';
 const graceSeconds = 3;
 const relistSeconds = 10;
-
-function podObject(pod: Pod, namespace: string, name: string, owner: { kind: string; name: string }, node = nodeName): KubeObject {
-  return {
-    apiVersion: 'v1',
-    kind: 'Pod',
-    metadata: { name, namespace, uid: pod.uid, ownerReferences: [{ apiVersion: 'apps/v1', kind: owner.kind, name: owner.name, uid: `${owner.name}-uid`, controller: true }] },
-    spec: { nodeName: node },
-    status: { phase: 'Running', podIP: pod.ipv4, containerStatuses: [{ name: 'app', containerID: `containerd://${pod.containerId}`, ready: true, restartCount: 0, image: 'app', imageID: 'app' }] },
-  };
-}
 
 async function value(agent: AgentProcess, name: string, filter: LabelFilter): Promise<number> {
   return sumSamples(parseExposition(await agent.metrics()), name, filter);
@@ -38,13 +25,7 @@ const execLoop = (n: number) => `i=0; while [ $i -lt ${n} ]; do /bin/true; i=$((
 
 t.test('pod identity from the API server on tracepoint and network metrics', async (t) => {
   if (!requirePrivileges(t, 'Kubernetes mode with real pods')) return;
-  const api = new FakeKubeApi();
-  await api.start();
-  t.teardown(() => api.stop());
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'pp-kube-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const kubeconfig = path.join(dir, 'kubeconfig');
-  api.writeKubeconfig(kubeconfig);
+  const { api, kubeconfig } = await startFakeKubeApi(t);
 
   const net = await createTestNetwork();
   t.teardown(() => net.destroy());
@@ -61,10 +42,10 @@ t.test('pod identity from the API server on tracepoint and network metrics', asy
     kind: 'Job',
     metadata: { name: 'report-29000', namespace: 'jobs', ownerReferences: [{ apiVersion: 'batch/v1', kind: 'CronJob', name: 'report', uid: 'report-uid', controller: true }] },
   });
-  api.upsertPod(podObject(web, 'shop', 'web-7d9f-x2k4p', { kind: 'ReplicaSet', name: 'web-7d9f' }));
-  api.upsertPod(podObject(batch, 'jobs', 'report-29000-q8zt1', { kind: 'Job', name: 'report-29000' }));
+  api.upsertPod(podObject(web, { namespace: 'shop', name: 'web-7d9f-x2k4p', owner: { kind: 'ReplicaSet', name: 'web-7d9f' }, node: nodeName }));
+  api.upsertPod(podObject(batch, { namespace: 'jobs', name: 'report-29000-q8zt1', owner: { kind: 'Job', name: 'report-29000' }, node: nodeName }));
   // Another node's pod: the field selector must keep it out.
-  api.upsertPod(podObject(stranger, 'elsewhere', 'not-mine', { kind: 'StatefulSet', name: 'db' }, 'other-node'));
+  api.upsertPod(podObject(stranger, { namespace: 'elsewhere', name: 'not-mine', owner: { kind: 'StatefulSet', name: 'db' }, node: 'other-node' }));
 
   const agent = await startAgent({
     env: {

@@ -46,6 +46,10 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
     [{ colectors: {} }, 'colectors', /unknown key; allowed keys: listen, logLevel/],
     [{ collectors: { network: { bogus: 1 } } }, 'collectors.network.bogus', /allowed keys under "collectors.network": enabled, attachMode/],
     [{ collectors: 'all' }, 'collectors', /expected a mapping with keys: network/],
+    [{ collectors: { network: { flows: { peerCidrs: ['10.0.0.0/8'] } } } }, 'collectors.network.flows.peerCidrs', /got "10.0.0.0\/8", expected NAME=CIDR/],
+    [{ collectors: { network: { flows: { peerCidrs: ['corp=10.0.0.0/33'] } } } }, 'collectors.network.flows.peerCidrs', /expected NAME=CIDR/],
+    [{ collectors: { network: { flows: { peerCidrs: ['world=10.0.0.0/8'] } } } }, 'collectors.network.flows.peerCidrs', /reserved for the built-in peer classes/],
+    [{ collectors: { network: { flows: { peerLabel: 'ip' } } } }, 'collectors.network.flows.peerLabel', /allowed values: workload, pod/],
     [['a'], '(root)', /expected a mapping/],
   ];
   for (const [file, key, message] of cases) {
@@ -53,6 +57,17 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
   }
   t.throws(() => resolveConfig({ env: { PROBEPILOT_SERIES_GRACE_SECONDS: 'soon' } }), { key: 'seriesGraceSeconds', message: /got "soon"/ });
   t.throws(() => resolveConfig({ env: { PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'no' } }), { key: 'collectors.drops.enabled', message: /allowed values: true, false/ });
+});
+
+t.test('peer CIDR names from a file or the environment', async (t) => {
+  const fromFile = resolveConfig({ file: { collectors: { network: { flows: { peerCidrs: ['node=192.0.2.0/24', 'corp=fd00:1::/48'] } } } } });
+  t.same(fromFile.collectors.network.flows.peerCidrs, [
+    { name: 'node', cidr: '192.0.2.0/24' },
+    { name: 'corp', cidr: 'fd00:1::/48' },
+  ]);
+  const fromEnv = resolveConfig({ env: { PROBEPILOT_COLLECTORS_NETWORK_FLOWS_PEER_CIDRS: 'node=192.0.2.0/24, corp=fd00:1::/48' } });
+  t.same(fromEnv.collectors.network.flows.peerCidrs, fromFile.collectors.network.flows.peerCidrs);
+  t.same(resolveConfig().collectors.network.flows, { enabled: true, maxEntries: 65536, maxPeers: 65536, peerLabel: 'workload', peerCidrs: [] });
 });
 
 t.test('environment names derive from key paths', async (t) => {
