@@ -14,6 +14,8 @@ import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
 import { createCollectors } from './collectors/index.js';
 import { PrometheusExporter } from './exporters/prometheus.js';
+import { OtlpExporter } from './exporters/otlp.js';
+import { agentVersion } from './version.js';
 import { buildServer } from './server.js';
 
 export class Agent {
@@ -23,6 +25,8 @@ export class Agent {
   private addon: NativeAddon | undefined;
   private ready = false;
   private pods: PodWatcher | undefined;
+  private otlp: OtlpExporter | undefined;
+  private nodeName: string | undefined;
 
   constructor(
     private readonly config: AgentConfig,
@@ -52,7 +56,11 @@ export class Agent {
     const manager = new CollectorManager(collectors, log, this.statsHandle !== undefined, disabled);
     this.manager = manager;
 
-    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families], async () => [...(await manager.collect()), ...identity.metrics()]);
+    const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...(this.otlp?.metrics() ?? [])];
+    if (config.otlp.endpoint) {
+      this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
+    }
+    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...(this.otlp?.families ?? [])], collect);
     this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states() });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
@@ -64,6 +72,7 @@ export class Agent {
   async stop(): Promise<void> {
     this.ready = false;
     await this.server?.close();
+    await this.otlp?.stop();
     await this.manager?.stop();
     await this.pods?.stop();
     if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
@@ -76,6 +85,7 @@ export class Agent {
     const { kubernetes } = this.config;
     if (!kubernetes.enabled) return new StandaloneIdentity(cgroups, netns);
     const nodeName = kubernetes.nodeName || process.env.NODE_NAME || os.hostname();
+    this.nodeName = nodeName;
     const log = this.log.child({ component: 'kubernetes' });
     this.pods = new PodWatcher({ kubeconfig: kubernetes.kubeconfig, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log });
     await this.pods.start();

@@ -4,8 +4,9 @@ import { Command, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { Agent } from './agent.js';
+import { agentVersion } from './version.js';
 
-const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(process.env.npm_package_version ?? '0.1.0');
+const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
 
 program
   .command('agent')

@@ -13,6 +13,15 @@ export type AttachModeSetting = (typeof attachModes)[number];
 export const peerLabels = ['workload', 'pod'] as const;
 export type PeerLabelSetting = (typeof peerLabels)[number];
 
+export const temporalities = ['cumulative', 'delta'] as const;
+export type TemporalitySetting = (typeof temporalities)[number];
+
+/** A gRPC metadata entry sent with every OTLP export (e.g. an auth token). */
+export interface Header {
+  name: string;
+  value: string;
+}
+
 /** A configured name for the peers in a CIDR prefix. */
 export interface NamedPrefix {
   name: string;
@@ -31,6 +40,16 @@ export interface AgentConfig {
   cgroupRoot: string;
   seriesGraceSeconds: number;
   seriesLimit: number;
+  otlp: {
+    endpoint: string;
+    intervalSeconds: number;
+    timeoutSeconds: number;
+    temporality: TemporalitySetting;
+    headers: Header[];
+    tls: { caFile: string; certFile: string; keyFile: string };
+    maxInFlight: number;
+    retry: { initialBackoffMs: number; maxBackoffMs: number; maxAttempts: number };
+  };
   kubernetes: {
     enabled: boolean;
     kubeconfig: string;
@@ -92,6 +111,8 @@ type Leaf =
   | { kind: 'string'; default: string; doc: string }
   | { kind: 'globs'; default: readonly string[]; doc: string }
   | { kind: 'names'; values: readonly string[]; default: readonly string[]; doc: string }
+  | { kind: 'endpoint'; default: string; doc: string }
+  | { kind: 'headers'; default: readonly string[]; doc: string }
   | { kind: 'prefixes'; reserved: readonly string[]; default: readonly string[]; doc: string };
 
 interface Section {
@@ -127,6 +148,28 @@ export const schema = {
     max: 10_000_000,
     default: 100_000,
     doc: 'Most series one collector keeps per group of families that share labels (one kernel map); new label sets beyond it are dropped and counted in probepilot_series_dropped_total.',
+  },
+  otlp: {
+    endpoint: {
+      kind: 'endpoint',
+      default: '',
+      doc: 'OTLP/gRPC collector to push every metric to, as http://HOST:PORT (plaintext) or https://HOST:PORT (TLS); empty: no push.',
+    },
+    intervalSeconds: { kind: 'number', integer: false, min: 0.1, max: 3600, default: 60, doc: 'How often metrics are pushed.' },
+    timeoutSeconds: { kind: 'number', integer: false, min: 0.1, max: 600, default: 10, doc: 'Deadline of one export request.' },
+    temporality: { kind: 'enum', values: temporalities, default: 'cumulative', doc: 'Counters and histograms as running totals (cumulative) or as the change since the last push (delta).' },
+    headers: { kind: 'headers', default: [], doc: 'gRPC metadata sent with every export, as NAME=VALUE (e.g. authorization=Bearer TOKEN).' },
+    tls: {
+      caFile: { kind: 'string', default: '', doc: 'CA bundle that signed the collector\'s certificate (https endpoints); empty: the system roots.' },
+      certFile: { kind: 'string', default: '', doc: 'Client certificate for mutual TLS (with keyFile).' },
+      keyFile: { kind: 'string', default: '', doc: 'Client key for mutual TLS (with certFile).' },
+    },
+    maxInFlight: { kind: 'number', integer: true, min: 1, max: 64, default: 4, doc: 'Exports pending at once (retrying included); a new one abandons the oldest.' },
+    retry: {
+      initialBackoffMs: { kind: 'number', integer: true, min: 10, max: 60_000, default: 1000, doc: 'Wait before the first retry of a retryable failure; doubles with each retry, with jitter.' },
+      maxBackoffMs: { kind: 'number', integer: true, min: 10, max: 600_000, default: 30_000, doc: 'Longest wait between retries.' },
+      maxAttempts: { kind: 'number', integer: true, min: 1, max: 100, default: 6, doc: 'Attempts of one export, the first included, before it is given up.' },
+    },
   },
   kubernetes: {
     enabled: {
@@ -285,6 +328,22 @@ function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean
       const unknown = list.filter((item) => typeof item !== 'string' || !leaf.values.includes(item));
       if (unknown.length) throw new ConfigError(key, `got ${describe(unknown.length === 1 ? unknown[0] : unknown)}, allowed values: ${leaf.values.join(', ')}`);
       return [...new Set(list as string[])];
+    }
+    case 'endpoint': {
+      if (typeof value !== 'string' || (value !== '' && !/^https?:\/\/(?:\[[0-9a-fA-F:.]+\]|[^\s:/[\]]+):\d{1,5}\/?$/.test(value))) {
+        throw new ConfigError(key, `got ${describe(value)}, expected http://HOST:PORT (plaintext), https://HOST:PORT (TLS) or empty`);
+      }
+      return value;
+    }
+    case 'headers': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      if (!Array.isArray(list)) throw new ConfigError(key, `got ${describe(value)}, expected a list of NAME=VALUE`);
+      return list.map((item: unknown) => {
+        const match = typeof item === 'string' ? /^([0-9a-z_.-]+)=(.*)$/.exec(item) : null;
+        // The value may be a secret: it is never echoed.
+        if (!match) throw new ConfigError(key, 'an entry is not NAME=VALUE with a lower-case gRPC metadata name (letters, digits, - _ .)');
+        return { name: match[1]!, value: match[2]! };
+      });
     }
     case 'prefixes': {
       const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;

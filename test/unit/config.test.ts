@@ -50,6 +50,9 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
     [{ collectors: { network: { flows: { peerCidrs: ['corp=10.0.0.0/33'] } } } }, 'collectors.network.flows.peerCidrs', /expected NAME=CIDR/],
     [{ collectors: { network: { flows: { peerCidrs: ['world=10.0.0.0/8'] } } } }, 'collectors.network.flows.peerCidrs', /reserved for the built-in peer classes/],
     [{ collectors: { network: { flows: { peerLabel: 'ip' } } } }, 'collectors.network.flows.peerLabel', /allowed values: workload, pod/],
+    [{ otlp: { endpoint: 'collector:4317' } }, 'otlp.endpoint', /expected http:\/\/HOST:PORT \(plaintext\), https:\/\/HOST:PORT \(TLS\) or empty/],
+    [{ otlp: { temporality: 'both' } }, 'otlp.temporality', /allowed values: cumulative, delta/],
+    [{ otlp: { maxInFlight: 0 } }, 'otlp.maxInFlight', /from 1 to 64/],
     [['a'], '(root)', /expected a mapping/],
   ];
   for (const [file, key, message] of cases) {
@@ -68,6 +71,16 @@ t.test('peer CIDR names from a file or the environment', async (t) => {
   const fromEnv = resolveConfig({ env: { PROBEPILOT_COLLECTORS_NETWORK_FLOWS_PEER_CIDRS: 'node=192.0.2.0/24, corp=fd00:1::/48' } });
   t.same(fromEnv.collectors.network.flows.peerCidrs, fromFile.collectors.network.flows.peerCidrs);
   t.same(resolveConfig().collectors.network.flows, { enabled: true, maxEntries: 65536, maxPeers: 65536, peerLabel: 'workload', peerCidrs: [] });
+});
+
+t.test('OTLP headers: NAME=VALUE, and a malformed one is never echoed (it may hold a token)', async (t) => {
+  const config = resolveConfig({ env: { PROBEPILOT_OTLP_ENDPOINT: 'https://otel.example:4317', PROBEPILOT_OTLP_HEADERS: 'authorization=Bearer abc=, x-tenant=a' } });
+  t.equal(config.otlp.endpoint, 'https://otel.example:4317');
+  t.same(config.otlp.headers, [
+    { name: 'authorization', value: 'Bearer abc=' },
+    { name: 'x-tenant', value: 'a' },
+  ]);
+  t.throws(() => resolveConfig({ file: { otlp: { headers: ['Bearer secret-token'] } } }), { key: 'otlp.headers', message: /^(?!.*secret-token)/ });
 });
 
 t.test('environment names derive from key paths', async (t) => {
