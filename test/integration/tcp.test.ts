@@ -46,7 +46,8 @@ rl.on('line', async (line) => {
       for (const s of sockets) s.write(Buffer.alloc(1024, 120));
       await new Promise((r) => setTimeout(r, 5));
     }
-    await Promise.all(sockets.map((s) => new Promise((r) => (s.writableLength === 0 ? r() : s.once('drain', r)))));
+    // Polled: 'drain' only comes after a write() that returned false, not whenever a small backlog empties.
+    await Promise.all(sockets.map((s) => new Promise((r) => { const check = () => (s.writableLength === 0 ? r() : setTimeout(check, 5)); check(); })));
     console.log('sent');
   } else if (cmd === 'close') {
     await Promise.all(sockets.map((s) => new Promise((r) => s.end(r))));
