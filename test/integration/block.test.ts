@@ -3,11 +3,12 @@
 // bytes, requests and latency per workload and device must match what dd
 // moved, and per device what /proc/diskstats counted.
 import t, { type Test } from 'tap';
-import { mkdtempSync, readFileSync, rmSync, truncateSync, writeFileSync } from 'node:fs';
+import { mkdtempSync, readFileSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { startAgent } from '../helpers/agent.js';
 import { requirePrivileges } from '../helpers/env.js';
+import { createLoopDevice } from '../helpers/loop-device.js';
 import { checkExposition, parseExposition, sampleValue, sumSamples } from '../helpers/exposition.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { promtoolCheckMetrics } from '../helpers/prometheus.js';
@@ -47,19 +48,6 @@ function delta(before: DiskStats, after: DiskStats): DiskStats {
 function within(t: Test, actual: number, expected: number, what: string, oracle: string): void {
   const error = expected === 0 ? actual : Math.abs(actual - expected) / expected;
   t.ok(error <= tolerance, `${what}: exported ${actual}, ${oracle} ${expected} (${(error * 100).toFixed(3)} % off, tolerance ${tolerance * 100} %)`);
-}
-
-/** A loop device over a sparse file in the temp directory; removed at teardown even when the test fails. */
-async function createLoopDevice(t: Test, bytes: number): Promise<string> {
-  const file = path.join(os.tmpdir(), `probepilot-block-${process.pid}.img`);
-  writeFileSync(file, '');
-  truncateSync(file, bytes);
-  t.teardown(() => rmSync(file, { force: true }));
-  const device = (await execChecked('losetup', ['--find', '--show', file])).trim();
-  t.teardown(async () => {
-    await execCommand('losetup', ['--detach', device]);
-  });
-  return path.basename(device);
 }
 
 /** dd's own account of what it moved: "N+0 records out", "N bytes (…) copied". */

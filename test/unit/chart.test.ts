@@ -13,6 +13,7 @@ import { DaemonSet, type IDaemonSet } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding, type IClusterRole, type IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
 import { PodMonitor, PrometheusRule, ServiceMonitor, type IPodMonitor, type IServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
 import { ConfigError, resolveConfig } from '../../src/config.js';
+import { loadDashboards, dashboardsDir } from '../helpers/dashboards.js';
 import { chartDir, helm, helmTemplate, parseRendered, projectRoot, type KubeObject, type Rendered } from '../helpers/helm.js';
 import { execCommand } from '../helpers/proc.js';
 
@@ -301,6 +302,22 @@ t.test('alert rules: one source, valid for promtool, and they fire', async (t) =
   t.equal(check.code, 0, `promtool check rules: ${check.stdout}${check.stderr}`);
   const unit = await execCommand('promtool', ['test', 'rules', rulesTestFile], { timeoutMs: 30_000 });
   t.equal(unit.code, 0, `promtool test rules: ${unit.stdout}${unit.stderr}`);
+});
+
+t.test('dashboards ship as ConfigMaps for Grafana\'s sidecar, byte-identical to dashboards/', async (t) => {
+  const rendered = await helmTemplate({ dashboards: { enabled: true, annotations: { grafana_folder: 'ProbePilot' }, namespace: 'grafana' } });
+  const configMaps = rendered.objects.filter((o) => o.kind === 'ConfigMap' && o.metadata.labels?.grafana_dashboard === '1');
+  const files = loadDashboards();
+  t.equal(configMaps.length, files.length, 'one ConfigMap per dashboard');
+  validateAll(t, configMaps);
+  for (const { file } of files) {
+    const configMap = configMaps.find((c) => (c.data as Record<string, string> | undefined)?.[file] !== undefined);
+    t.ok(configMap, `${file} is in a ConfigMap under its file name`);
+    if (!configMap) continue;
+    t.equal(`${(configMap.data as Record<string, string>)[file]}\n`, readFileSync(path.join(dashboardsDir, file), 'utf8'), `${file}: the chart carries the dashboard as is`);
+    t.same([configMap.metadata.namespace, configMap.metadata.annotations], ['grafana', { grafana_folder: 'ProbePilot' }], `${file}: in the sidecar's namespace, with the folder annotation`);
+  }
+  t.notOk((await helmTemplate()).objects.some((o) => o.metadata.labels?.grafana_dashboard !== undefined), 'none by default');
 });
 
 /** Leaf values (dotted paths) with no comment of their own or on an enclosing key. */
