@@ -11,6 +11,7 @@
         "src/libbpf_log.cc",
         "src/maps.cc",
         "src/netlink.cc",
+        "src/nvml.cc",
         "src/object.cc",
         "src/stats.cc"
       ],
@@ -19,7 +20,7 @@
       "defines": ["NAPI_VERSION=8"],
       "cflags_cc!": ["-std=gnu++20"],
       "cflags_cc": ["-std=c++17", "-Wall", "-Wextra"],
-      "libraries": ["-lbpf", "-lelf", "-lz"]
+      "libraries": ["-lbpf", "-lelf", "-lz", "-ldl"]
     }
   ]
 }

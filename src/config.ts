@@ -100,6 +100,12 @@ export interface AgentConfig {
       maxEntries: number;
       maxInflight: number;
     };
+    gpu: {
+      enabled: boolean;
+      libraryPath: string;
+      podResourcesSocket: string;
+      dcgmExporterNames: boolean;
+    };
   };
 }
 
@@ -264,6 +270,20 @@ export const schema = {
     process: {
       enabled: { kind: 'boolean', default: true, doc: 'Process collector: execs and OOM kills per workload (sched_process_exec, mark_victim).' },
       maxEntries: mapCapacity(16384, 'Capacity of the kernel process-event map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.'),
+    },
+    gpu: {
+      enabled: {
+        kind: 'boolean',
+        default: false,
+        doc: 'GPU collector: per-GPU metrics from NVIDIA\'s NVML, per-pod allocation (kubelet pod-resources) and per-process shares. Off by default: it needs the NVIDIA driver.',
+      },
+      libraryPath: { kind: 'string', default: 'libnvidia-ml.so.1', doc: 'NVML library to dlopen: a file name (the dynamic linker\'s search path) or an absolute path.' },
+      podResourcesSocket: {
+        kind: 'string',
+        default: '/var/lib/kubelet/pod-resources/kubelet.sock',
+        doc: 'The kubelet pod-resources API socket, read in Kubernetes mode to name the pod each GPU is allocated to.',
+      },
+      dcgmExporterNames: { kind: 'boolean', default: false, doc: 'Also export the main metrics under dcgm-exporter\'s names (DCGM_FI_DEV_GPU_UTIL, …) for existing dashboards.' },
     },
   },
 } as const satisfies Section;

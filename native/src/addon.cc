@@ -4,6 +4,7 @@
 #include "btf.h"
 #include "libbpf_log.h"
 #include "netlink.h"
+#include "nvml.h"
 #include "object.h"
 #include "stats.h"
 
@@ -19,6 +20,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("listLinks", Napi::Function::New<ListLinks>(env, "listLinks"));
   exports.Set("netnsId", Napi::Function::New<NetnsId>(env, "netnsId"));
   exports.Set("btfEnum", Napi::Function::New<BtfEnum>(env, "btfEnum"));
+  InitNvml(env, exports);
   return exports;
 }
 

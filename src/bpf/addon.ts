@@ -1,5 +1,5 @@
 // Typed face of the native addon (native/). The addon is generic: it knows
-// BPF objects, programs, maps, links and netlink, never a collector.
+// BPF objects, programs, maps, links, netlink and NVML, never a collector.
 import { createRequire } from 'node:module';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
@@ -91,6 +91,48 @@ export interface BpfObject {
   close(): void;
 }
 
+/** An NVML failure: NVML's return code by name (NVML_ERROR_GPU_IS_LOST, …) and the call that returned it. */
+export interface NvmlError extends Error {
+  code: string;
+  nvmlReturn: number;
+  call: string;
+}
+
+export interface NvmlDevice {
+  index: number;
+  uuid: string;
+  /** Product name (nvmlDeviceGetName). */
+  name: string;
+  /** The first NVML call of this device that failed (other than "not supported"); values read before it are kept. */
+  error?: NvmlError;
+  /**
+   * What the device supports, in NVML's units: utilization_gpu, utilization_memory (%), memory_total,
+   * memory_free, memory_used (bytes), power_milliwatts, energy_millijoules, temperature_celsius,
+   * sm_clock_mhz, memory_clock_mhz, pcie_tx_kilobytes_per_second, pcie_rx_kilobytes_per_second,
+   * ecc_corrected, ecc_uncorrected (volatile counts).
+   */
+  values: Readonly<Record<string, number>>;
+  /** Compute processes and the device memory each uses. */
+  processes: ReadonlyArray<{ pid: number; memoryBytes: number }>;
+  /** Mean SM and memory utilization (%) per process over the samples since the previous sample(). */
+  processUtilization: ReadonlyArray<{ pid: number; smPercent: number; memoryPercent: number }>;
+  xidEventsSupported: boolean;
+  /** XID events since the session opened, by XID. */
+  xids: Readonly<Record<string, number>>;
+}
+
+export interface NvmlSnapshot {
+  driverVersion: string;
+  devices: NvmlDevice[];
+}
+
+export interface NvmlSession {
+  /** Every device, read on a worker thread; rejects with an NvmlError when NVML itself fails. */
+  sample(): Promise<NvmlSnapshot>;
+  /** NVML is shut down and unloaded once no sample runs. */
+  close(): void;
+}
+
 export interface NativeAddon {
   BpfObject: new (objectPath: string) => BpfObject;
   possibleCpus(): number;
@@ -106,6 +148,8 @@ export interface NativeAddon {
    * numbers, or bigints for values beyond 2^53. null when the kernel has no such enum; throws when it has no BTF.
    */
   btfEnum(typeName: string): Record<string, number | bigint> | null;
+  /** dlopens NVML (a file name or path) and initializes it on a worker thread; rejects with an NvmlError. */
+  openNvml(libraryPath: string): Promise<NvmlSession>;
 }
 
 /** Errors thrown by the addon carry the kernel errno and libbpf's last message. */

@@ -1,8 +1,9 @@
 // Every collector the agent knows, in exposition order. A new collector is
-// one BPF file, one module and one line here.
+// one BPF file (none for the GPU's NVML), one module and one line here.
 import { blockCollector } from './block.js';
 import type { Collector, CollectorContext } from './collector.js';
 import { dropsCollector } from './drops.js';
+import { GpuCollector } from './gpu.js';
 import { NetworkCollector } from './network.js';
 import { processCollector } from './process.js';
 import { schedCollector } from './sched.js';
@@ -10,5 +11,5 @@ import { syscallsCollector } from './syscalls.js';
 import { tcpCollector } from './tcp.js';
 
 export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), blockCollector(ctx), dropsCollector(ctx), processCollector(ctx)];
+  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), blockCollector(ctx), dropsCollector(ctx), processCollector(ctx), new GpuCollector(ctx)];
 }

@@ -5,6 +5,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import path from 'node:path';
 import { StopWaiting, waitFor } from './wait.js';
+import { envName, schema } from '../../src/config.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 
@@ -26,6 +27,11 @@ export interface AgentProcess {
   waitForLog(predicate: (line: LogLine) => boolean, what: string, timeoutMs?: number): Promise<LogLine>;
   /** SIGTERM and wait; resolves with the exit code. Idempotent. */
   stop(): Promise<number | null>;
+}
+
+/** Environment that runs only the named collectors (the others' enabled keys set to false). */
+export function onlyCollectors(...names: ReadonlyArray<keyof typeof schema.collectors>): NodeJS.ProcessEnv {
+  return Object.fromEntries(Object.keys(schema.collectors).map((name) => [envName(`collectors.${name}.enabled`), String(names.includes(name as keyof typeof schema.collectors))]));
 }
 
 export interface StartAgentOptions {

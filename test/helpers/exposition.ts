@@ -324,7 +324,8 @@ export function parseExposition(input: Buffer | string): MetricFamily[] {
 /** A string must equal the label's value; a RegExp must match it (anchor it yourself). */
 export type LabelFilter = Record<string, string | RegExp>;
 
-function matching(families: readonly MetricFamily[], name: string, filter: LabelFilter): Sample[] {
+/** Every sample named `name` whose labels match the filter. */
+export function findSamples(families: readonly MetricFamily[], name: string, filter: LabelFilter = {}): Sample[] {
   return families.flatMap((f) =>
     f.samples.filter(
       (s) =>
@@ -343,12 +344,12 @@ function matching(families: readonly MetricFamily[], name: string, filter: Label
  * never read an arbitrary one of several series.
  */
 export function sampleValue(families: readonly MetricFamily[], name: string, labels: LabelFilter = {}): number | undefined {
-  const found = matching(families, name, labels);
+  const found = findSamples(families, name, labels);
   if (found.length > 1) throw new Error(`${found.length} series match ${name} ${JSON.stringify(labels)}; narrow the labels`);
   return found[0]?.value;
 }
 
 /** Sum over all samples named `name` whose labels match the filter (0 when none). */
 export function sumSamples(families: readonly MetricFamily[], name: string, filter: LabelFilter = {}): number {
-  return matching(families, name, filter).reduce((sum, s) => sum + s.value, 0);
+  return findSamples(families, name, filter).reduce((sum, s) => sum + s.value, 0);
 }

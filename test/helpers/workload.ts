@@ -13,13 +13,14 @@ export interface CompiledProgram {
   remove(): void;
 }
 
-export async function compileC(name: string, source: string): Promise<CompiledProgram> {
+/** gccArgs go before the others, e.g. ['-shared', '-fPIC'] for a library. */
+export async function compileC(name: string, source: string, gccArgs: readonly string[] = []): Promise<CompiledProgram> {
   const dir = mkdtempSync(path.join(os.tmpdir(), `pp-${name}-`));
   const remove = (): void => rmSync(dir, { recursive: true, force: true });
   try {
     writeFileSync(path.join(dir, `${name}.c`), source);
     const binary = path.join(dir, name);
-    await execChecked('gcc', ['-O1', '-o', binary, path.join(dir, `${name}.c`)]);
+    await execChecked('gcc', [...gccArgs, '-O1', '-o', binary, path.join(dir, `${name}.c`)]);
     return { binary, remove };
   } catch (err) {
     remove();
@@ -28,8 +29,8 @@ export async function compileC(name: string, source: string): Promise<CompiledPr
 }
 
 /** Compiles `source` into a binary removed at the test's teardown; resolves with its path. */
-export async function compileWorkload(t: Test, name: string, source: string): Promise<string> {
-  const program = await compileC(name, source);
+export async function compileWorkload(t: Test, name: string, source: string, gccArgs: readonly string[] = []): Promise<string> {
+  const program = await compileC(name, source, gccArgs);
   t.teardown(program.remove);
   return program.binary;
 }

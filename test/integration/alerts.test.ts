@@ -9,7 +9,7 @@ import { readFileSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { parse as parseYaml } from 'yaml';
-import { startAgent, type AgentProcess } from '../helpers/agent.js';
+import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
 import { startAlertmanager, type Notification } from '../helpers/alertmanager.js';
 import { requirePrivileges } from '../helpers/env.js';
 import { projectRoot } from '../helpers/helm.js';
@@ -32,15 +32,8 @@ interface RulesResponse {
 }
 
 const alertName = 'ProbePilotTargetDown';
-// Agents of the standalone default run all collectors; this test only needs one to be a valid target.
-const agentEnv = {
-  PROBEPILOT_COLLECTORS_NETWORK_ENABLED: 'false',
-  PROBEPILOT_COLLECTORS_SYSCALLS_ENABLED: 'false',
-  PROBEPILOT_COLLECTORS_TCP_ENABLED: 'false',
-  PROBEPILOT_COLLECTORS_BLOCK_ENABLED: 'false',
-  PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'false',
-  PROBEPILOT_COLLECTORS_PROCESS_ENABLED: 'false',
-};
+// The test needs an agent to scrape, not its collectors: one is enough.
+const agentEnv = onlyCollectors('process');
 
 function shippedRulesWithShortDelay(dir: string): { file: string; rule: Rule } {
   const rules = parseYaml(readFileSync(path.join(projectRoot, 'charts/probepilot/files/prometheus-rules.yaml'), 'utf8')) as RuleFile;

@@ -240,6 +240,26 @@ t.test('the rendered config is accepted by the agent and drives the port, probes
   );
 });
 
+t.test('gpu.enabled turns on the GPU collector with the pod-resources socket and the NVIDIA runtime, and nothing else', async (t) => {
+  const rendered = await helmTemplate({ gpu: { enabled: true } });
+  const daemonSet = daemonSetOf(rendered);
+  const config = resolveConfig({ file: renderedConfig(rendered) });
+  t.same(config.collectors.gpu, { ...resolveConfig().collectors.gpu, enabled: true, podResourcesSocket: '/var/lib/kubelet/pod-resources/kubelet.sock' }, 'the agent runs the GPU collector against the mounted socket');
+  t.equal(config.collectors.network.enabled, true, 'the rest of the config is untouched');
+  t.ok(hostMounts(daemonSet).includes('/var/lib/kubelet/pod-resources <- /var/lib/kubelet/pod-resources (ro)'), 'the pod-resources directory is mounted read-only');
+  t.equal(daemonSet.spec?.template.spec?.runtimeClassName, 'nvidia', 'the NVIDIA runtime injects NVML and the devices');
+  const env = Object.fromEntries((agentContainer(daemonSet).env ?? []).map((e) => [e.name, e.value]));
+  t.same([env.NVIDIA_VISIBLE_DEVICES, env.NVIDIA_DRIVER_CAPABILITIES], ['all', 'utility'], 'every GPU, the management library only');
+  t.same(addedCapabilities(daemonSet), addedCapabilities(daemonSetOf(await helmTemplate())), 'no capability more');
+  const custom = daemonSetOf(await helmTemplate({ gpu: { enabled: true, runtimeClassName: '', podResourcesDir: '/run/kubelet/pod-resources' } }));
+  t.equal(custom.spec?.template.spec?.runtimeClassName, undefined, 'an empty runtimeClassName sets none (NVIDIA runtime as the default)');
+  t.ok(hostMounts(custom).includes('/run/kubelet/pod-resources <- /run/kubelet/pod-resources (ro)'), 'the directory is configurable');
+  const plain = daemonSetOf(await helmTemplate());
+  t.notOk(hostMounts(plain).some((m) => m.includes('pod-resources')), 'without gpu.enabled: no pod-resources mount');
+  t.equal(plain.spec?.template.spec?.runtimeClassName, undefined, 'and no runtime class');
+  t.equal(resolveConfig({ file: renderedConfig(await helmTemplate()) }).collectors.gpu.enabled, false, 'and no GPU collector');
+});
+
 t.test('a config the agent would reject renders, and the agent validator catches it', async (t) => {
   const rendered = await helmTemplate({ config: { listen: '0.0.0.0:9742', collectors: { network: { attachMode: 'xdp' } } } });
   t.throws(() => resolveConfig({ file: renderedConfig(rendered) }), ConfigError, 'so the chart and the agent disagree nowhere silently');
