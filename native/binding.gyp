@@ -7,6 +7,7 @@
         "src/args.cc",
         "src/attach.cc",
         "src/btf.cc",
+        "src/dcgm.cc",
         "src/errors.cc",
         "src/libbpf_log.cc",
         "src/maps.cc",

@@ -103,6 +103,7 @@ export interface AgentConfig {
     gpu: {
       enabled: boolean;
       libraryPath: string;
+      dcgmLibraryPath: string;
       podResourcesSocket: string;
       dcgmExporterNames: boolean;
     };
@@ -278,6 +279,11 @@ export const schema = {
         doc: 'GPU collector: per-GPU metrics from NVIDIA\'s NVML, per-pod allocation (kubelet pod-resources) and per-process shares. Off by default: it needs the NVIDIA driver.',
       },
       libraryPath: { kind: 'string', default: 'libnvidia-ml.so.1', doc: 'NVML library to dlopen: a file name (the dynamic linker\'s search path) or an absolute path.' },
+      dcgmLibraryPath: {
+        kind: 'string',
+        default: 'libdcgm.so.4',
+        doc: 'DCGM library to dlopen for the profiling fields NVML lacks (SM activity, tensor pipes, NVLink); empty or absent leaves them out.',
+      },
       podResourcesSocket: {
         kind: 'string',
         default: '/var/lib/kubelet/pod-resources/kubelet.sock',

@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include "btf.h"
+#include "dcgm.h"
 #include "libbpf_log.h"
 #include "netlink.h"
 #include "nvml.h"
@@ -21,6 +22,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("netnsId", Napi::Function::New<NetnsId>(env, "netnsId"));
   exports.Set("btfEnum", Napi::Function::New<BtfEnum>(env, "btfEnum"));
   InitNvml(env, exports);
+  InitDcgm(env, exports);
   return exports;
 }
 

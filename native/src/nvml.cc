@@ -1,7 +1,5 @@
 #include "nvml.h"
 
-#include <dlfcn.h>
-
 #include <cstdint>
 #include <map>
 #include <memory>
@@ -12,6 +10,8 @@
 #include <vector>
 
 #include "args.h"
+#include "dynlib.h"
+#include "promise_worker.h"
 #include "errors.h"
 
 namespace probepilot {
@@ -100,13 +100,13 @@ struct NvmlError {
 class Library {
  public:
   static std::shared_ptr<Library> Open(const std::string& path, NvmlError* error) {
-    void* handle = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
-    if (handle == nullptr) {
-      const char* reason = dlerror();
-      *error = {12, "dlopen", reason != nullptr ? reason : path + ": cannot be loaded"};
+    std::string loadError;
+    std::unique_ptr<DynamicLibrary> dynamic = DynamicLibrary::Open(path, &loadError);
+    if (!dynamic) {
+      *error = {12, "dlopen", loadError};
       return nullptr;
     }
-    std::shared_ptr<Library> library(new Library(handle));
+    std::shared_ptr<Library> library(new Library(std::move(dynamic)));
     for (const char* required : {"nvmlInit_v2", "nvmlShutdown", "nvmlErrorString", "nvmlDeviceGetCount_v2",
                                  "nvmlDeviceGetHandleByIndex_v2", "nvmlDeviceGetUUID", "nvmlDeviceGetName"}) {
       if (library->Symbol(required) == nullptr) {
@@ -127,23 +127,16 @@ class Library {
   ~Library() {
     if (events_ != nullptr) Call<nvmlReturn_t (*)(nvmlEventSet_t)>("nvmlEventSetFree")(events_);
     if (initialized_) Call<nvmlReturn_t (*)()>("nvmlShutdown")();
-    dlclose(handle_);
   }
   Library(const Library&) = delete;
   Library& operator=(const Library&) = delete;
 
-  void* Symbol(const char* name) {
-    auto found = symbols_.find(name);
-    if (found != symbols_.end()) return found->second;
-    void* symbol = dlsym(handle_, name);
-    symbols_.emplace(name, symbol);
-    return symbol;
-  }
+  void* Symbol(const char* name) { return library_->Symbol(name); }
 
   // Resolved per call: optional functions (newer drivers) may be absent.
   template <typename Fn>
   Fn Call(const char* name) {
-    return reinterpret_cast<Fn>(Symbol(name));
+    return library_->Function<Fn>(name);
   }
 
   template <typename Fn>
@@ -165,7 +158,7 @@ class Library {
   std::map<unsigned, std::map<unsigned long long, double>>& Xids() { return xids_; }
 
  private:
-  explicit Library(void* handle) : handle_(handle) {}
+  explicit Library(std::unique_ptr<DynamicLibrary> library) : library_(std::move(library)) {}
 
   void CreateEventSet() {
     auto create = Call<nvmlReturn_t (*)(nvmlEventSet_t*)>("nvmlEventSetCreate");
@@ -176,10 +169,9 @@ class Library {
     if (create(&events_) != kSuccess) events_ = nullptr;
   }
 
-  void* handle_;
+  std::unique_ptr<DynamicLibrary> library_;
   bool initialized_ = false;
   nvmlEventSet_t events_ = nullptr;
-  std::map<std::string, void*> symbols_;
   std::map<nvmlDevice_t, bool> registered_;
   std::map<unsigned, std::map<unsigned long long, double>> xids_;
   std::mutex mutex_;
@@ -491,55 +483,6 @@ class NvmlSessionWrap : public Napi::ObjectWrap<NvmlSessionWrap> {
   std::shared_ptr<SampleState> state_;
 };
 
-class OpenWorker : public Napi::AsyncWorker {
- public:
-  OpenWorker(Napi::Env env, std::string path, Napi::FunctionReference* sessionClass)
-      : Napi::AsyncWorker(env, "probepilot.openNvml"),
-        path_(std::move(path)),
-        sessionClass_(sessionClass),
-        deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    library_ = Library::Open(path_, &error_);
-    if (!library_) SetError(error_.message);
-  }
-  void OnOK() override {
-    Napi::Object session = sessionClass_->New({});
-    NvmlSessionWrap::Unwrap(session)->Adopt(std::move(library_));
-    deferred_.Resolve(session);
-  }
-  void OnError(const Napi::Error&) override { deferred_.Reject(MakeNvmlError(Env(), error_).Value()); }
-
- private:
-  std::string path_;
-  Napi::FunctionReference* sessionClass_;
-  Napi::Promise::Deferred deferred_;
-  std::shared_ptr<Library> library_;
-  NvmlError error_{kSuccess, "", ""};
-};
-
-class SampleWorker : public Napi::AsyncWorker {
- public:
-  SampleWorker(Napi::Env env, std::shared_ptr<SampleState> state)
-      : Napi::AsyncWorker(env, "probepilot.nvmlSample"), state_(std::move(state)), deferred_(Napi::Promise::Deferred::New(env)) {}
-  Napi::Promise Promise() const { return deferred_.Promise(); }
-
- protected:
-  void Execute() override {
-    if (!TakeSample(*state_, snapshot_, &error_)) SetError(error_.message);
-  }
-  void OnOK() override { deferred_.Resolve(SnapshotToJs(Env(), snapshot_)); }
-  void OnError(const Napi::Error&) override { deferred_.Reject(MakeNvmlError(Env(), error_).Value()); }
-
- private:
-  std::shared_ptr<SampleState> state_;
-  Napi::Promise::Deferred deferred_;
-  Snapshot snapshot_;
-  NvmlError error_{kSuccess, "", ""};
-};
-
 Napi::Value NvmlSessionWrap::Sample(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   if (!state_) {
@@ -547,17 +490,25 @@ Napi::Value NvmlSessionWrap::Sample(const Napi::CallbackInfo& info) {
     deferred.Reject(Napi::Error::New(env, "sample(): the NVML session is closed").Value());
     return deferred.Promise();
   }
-  auto* worker = new SampleWorker(env, state_);
-  worker->Queue();
-  return worker->Promise();
+  std::shared_ptr<SampleState> state = state_;
+  return PromiseWorker<Snapshot, NvmlError>::Start(
+      env, "probepilot.nvmlSample", [state](Snapshot& out, NvmlError& error) { return TakeSample(*state, out, &error); },
+      [](Napi::Env env, Snapshot& snapshot) -> Napi::Value { return SnapshotToJs(env, snapshot); },
+      [](Napi::Env env, const NvmlError& error) { return MakeNvmlError(env, error).Value(); });
 }
 
 Napi::Value OpenNvml(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
   const std::string path = StringArg(info, 0, "openNvml", "libraryPath");
-  auto* worker = new OpenWorker(env, path, static_cast<Napi::FunctionReference*>(info.Data()));
-  worker->Queue();
-  return worker->Promise();
+  auto* sessionClass = static_cast<Napi::FunctionReference*>(info.Data());
+  return PromiseWorker<std::shared_ptr<Library>, NvmlError>::Start(
+      info.Env(), "probepilot.openNvml",
+      [path](std::shared_ptr<Library>& library, NvmlError& error) { return (library = Library::Open(path, &error)) != nullptr; },
+      [sessionClass](Napi::Env, std::shared_ptr<Library>& library) -> Napi::Value {
+        Napi::Object session = sessionClass->New({});
+        NvmlSessionWrap::Unwrap(session)->Adopt(std::move(library));
+        return session;
+      },
+      [](Napi::Env env, const NvmlError& error) { return MakeNvmlError(env, error).Value(); });
 }
 
 }  // namespace

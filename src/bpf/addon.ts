@@ -133,6 +133,23 @@ export interface NvmlSession {
   close(): void;
 }
 
+export interface DcgmGpu {
+  /** DCGM's GPU id (not necessarily NVML's index: match on uuid). */
+  gpuId: number;
+  uuid: string;
+  /** Latest value per DCGM field id (DCGM_FI_PROF_*: ratios 0–1, NVLink bytes per second); absent when DCGM has none. */
+  values: Readonly<Record<string, number>>;
+}
+
+export interface DcgmSession {
+  /** Why the profiling fields are not watched; "" when they are. */
+  readonly profilingError: string;
+  /** Latest values of every supported GPU, read on a worker thread. */
+  sample(): Promise<DcgmGpu[]>;
+  /** Stops the embedded host engine once no sample runs. */
+  close(): void;
+}
+
 export interface NativeAddon {
   BpfObject: new (objectPath: string) => BpfObject;
   possibleCpus(): number;
@@ -150,6 +167,8 @@ export interface NativeAddon {
   btfEnum(typeName: string): Record<string, number | bigint> | null;
   /** dlopens NVML (a file name or path) and initializes it on a worker thread; rejects with an NvmlError. */
   openNvml(libraryPath: string): Promise<NvmlSession>;
+  /** dlopens DCGM, starts an embedded host engine and watches the profiling fields, on a worker thread. */
+  openDcgm(libraryPath: string): Promise<DcgmSession>;
 }
 
 /** Errors thrown by the addon carry the kernel errno and libbpf's last message. */

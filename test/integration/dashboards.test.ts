@@ -2,7 +2,7 @@
 // agent in Kubernetes mode while three pods make the traffic the panels show:
 // TCP connections through a lossy firewall rule (retransmits, drops), refused
 // connects (resets), datagrams to a closed port, direct I/O on a loop device,
-// an OOM kill, OTLP pushes to a receiver, and a (fake) GPU that the kubelet's
+// an OOM kill, OTLP pushes to a receiver, and a (fake NVML and DCGM) GPU that the kubelet's
 // pod-resources API gives to two of the pods, whose processes use it. Variables are resolved in order
 // with Grafana's label_values and must offer the test's pods; then every
 // query, with the chosen values filled in, must run without error and return
@@ -16,7 +16,7 @@ import { startAgent } from '../helpers/agent.js';
 import { allPanels, interpolate, loadDashboards, parseLabelValues, regexValue, variableQuery, type DashboardFile } from '../helpers/dashboards.js';
 import { requirePrivileges } from '../helpers/env.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
-import { fakeNvml } from '../helpers/fake-nvml.js';
+import { fakeDcgm, fakeNvml } from '../helpers/fake-gpu.js';
 import { createLoopDevice } from '../helpers/loop-device.js';
 import { oomKillIn } from '../helpers/oom.js';
 import { OtlpReceiver } from '../helpers/otlp-receiver.js';
@@ -137,6 +137,8 @@ t.test('every dashboard panel returns data from a real Prometheus scraping the a
 
   const gpuUuid = 'GPU-5f3c1a2e-8d4b-4c6a-9e1f-0a1b2c3d4e5f';
   const nvml = await fakeNvml(t);
+  const dcgm = await fakeDcgm(t);
+  dcgm.write({ gpus: [{ id: 0, uuid: gpuUuid, fields: { 1001: 0.8, 1002: 0.6, 1003: 0.4, 1004: 0.3, 1005: 0.5, 1006: 0.1, 1007: 0.5, 1008: 0.2, 1011: 1e9, 1012: 2e9 } }] });
   const socketDir = mkdtempSync(path.join(os.tmpdir(), 'pp-podres-'));
   t.teardown(() => rmSync(socketDir, { recursive: true, force: true }));
   const kubelet = new PodResourcesServer(path.join(socketDir, 'kubelet.sock'));
@@ -161,6 +163,7 @@ t.test('every dashboard panel returns data from a real Prometheus scraping the a
       PROBEPILOT_OTLP_INTERVAL_SECONDS: '1',
       PROBEPILOT_COLLECTORS_GPU_ENABLED: 'true',
       PROBEPILOT_COLLECTORS_GPU_LIBRARY_PATH: nvml.library,
+      PROBEPILOT_COLLECTORS_GPU_DCGM_LIBRARY_PATH: dcgm.library,
       PROBEPILOT_COLLECTORS_GPU_POD_RESOURCES_SOCKET: kubelet.socketPath,
     },
   });

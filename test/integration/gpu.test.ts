@@ -1,5 +1,5 @@
-// The GPU collector through the real dlopen path, against a fake NVML built
-// here (test/fixtures/nvml/fake-nvml.c) whose answers the test writes: every
+// The GPU collector through the real dlopen path, against a fake NVML and a
+// fake DCGM built here (test/fixtures/gpu/) whose answers the test writes: every
 // value must reach /metrics exactly in base units; an NVML error on one GPU
 // marks only that GPU; a missing library or a failing nvmlInit disables only
 // the GPU collector. In Kubernetes mode a pod-resources fixture on a unix
@@ -17,7 +17,7 @@ import { PodResourcesServer } from '../helpers/pod-resources-server.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { promtoolCheckMetrics } from '../helpers/prometheus.js';
 import { waitFor } from '../helpers/wait.js';
-import { fakeNvml } from '../helpers/fake-nvml.js';
+import { fakeDcgm, fakeNvml } from '../helpers/fake-gpu.js';
 import { cgroupOfPid } from '../../src/identity/cgroups.js';
 
 const a100 = 'GPU-5f3c1a2e-8d4b-4c6a-9e1f-0a1b2c3d4e5f';
@@ -78,7 +78,17 @@ t.test('NVML values reach /metrics exactly, per GPU, and an error marks only its
     ],
     xids: [{ gpu: 0, xid: 79, total: 2 }],
   });
-  const agent = await startAgent({ env: { ...onlyGpu, PROBEPILOT_COLLECTORS_GPU_LIBRARY_PATH: fake.library, PROBEPILOT_COLLECTORS_GPU_DCGM_EXPORTER_NAMES: 'true' } });
+  // DCGM knows both GPUs under its own ids; its profiling values join NVML's GPUs by UUID.
+  const dcgm = await fakeDcgm(t);
+  dcgm.write({
+    gpus: [
+      { id: 7, uuid: a100, fields: { 1001: 0.9, 1002: 0.75, 1003: 0.5, 1004: 0.3, 1005: 0.4, 1006: 0, 1007: 0.6, 1008: 0.2, 1011: 5e9, 1012: 4e9 } },
+      { id: 8, uuid: t4, fields: { 1002: 0.1 } },
+    ],
+  });
+  const agent = await startAgent({
+    env: { ...onlyGpu, PROBEPILOT_COLLECTORS_GPU_LIBRARY_PATH: fake.library, PROBEPILOT_COLLECTORS_GPU_DCGM_LIBRARY_PATH: dcgm.library, PROBEPILOT_COLLECTORS_GPU_DCGM_EXPORTER_NAMES: 'true' },
+  });
   t.teardown(() => agent.stop());
 
   const text = await agent.metrics();
@@ -113,6 +123,19 @@ t.test('NVML values reach /metrics exactly, per GPU, and an error marks only its
     ['probepilot_gpu_process_memory_used_bytes', { ...gpu0, cgroup: server.cgroupPath }, 268435456],
     ['probepilot_gpu_process_utilization_ratio', { ...gpu0, cgroup: trainer.cgroupPath }, 0.3],
     ['probepilot_gpu_process_utilization_ratio', { ...gpu0, cgroup: server.cgroupPath }, 0.07],
+    ['probepilot_gpu_dcgm_up', { reason: '' }, 1],
+    ['probepilot_gpu_graphics_engine_active_ratio', gpu0, 0.9],
+    ['probepilot_gpu_sm_active_ratio', gpu0, 0.75],
+    ['probepilot_gpu_sm_occupancy_ratio', gpu0, 0.5],
+    ['probepilot_gpu_dram_active_ratio', gpu0, 0.4],
+    ['probepilot_gpu_pipe_active_ratio', { ...gpu0, pipe: 'tensor' }, 0.3],
+    ['probepilot_gpu_pipe_active_ratio', { ...gpu0, pipe: 'fp64' }, 0],
+    ['probepilot_gpu_pipe_active_ratio', { ...gpu0, pipe: 'fp32' }, 0.6],
+    ['probepilot_gpu_pipe_active_ratio', { ...gpu0, pipe: 'fp16' }, 0.2],
+    ['probepilot_gpu_nvlink_throughput_bytes_per_second', { ...gpu0, direction: 'tx' }, 5e9],
+    ['probepilot_gpu_nvlink_throughput_bytes_per_second', { ...gpu0, direction: 'rx' }, 4e9],
+    ['DCGM_FI_PROF_SM_ACTIVE', { gpu: '0', UUID: a100 }, 0.75],
+    ['DCGM_FI_PROF_PIPE_TENSOR_ACTIVE', { gpu: '0', UUID: a100 }, 0.3],
     ['DCGM_FI_DEV_GPU_UTIL', { gpu: '0', UUID: a100, device: 'nvidia0', modelName: 'NVIDIA-A100-SXM4-40GB' }, 37],
     ['DCGM_FI_DEV_FB_USED', { gpu: '0', UUID: a100 }, 2949672960 / 1048576],
     ['DCGM_FI_DEV_POWER_USAGE', { gpu: '0', UUID: a100 }, 70.5],
@@ -122,6 +145,7 @@ t.test('NVML values reach /metrics exactly, per GPU, and an error marks only its
   t.equal(value('probepilot_gpu_up', gpu1), 0, 'GPU 1 is down');
   t.match(findSamples(families, 'probepilot_gpu_up', gpu1)[0]?.labels.reason, /NVML_ERROR_GPU_IS_LOST/, 'with NVML\'s error as the reason');
   t.equal(findSamples(families, 'probepilot_gpu_utilization_ratio', gpu1).length, 0, 'and no values of its own');
+  t.equal(findSamples(families, 'probepilot_gpu_sm_active_ratio', gpu1).length, 0, 'not even DCGM\'s');
   
 
   // The next collection reads NVML again: new values, XID events that came meanwhile.
@@ -135,6 +159,31 @@ t.test('NVML values reach /metrics exactly, per GPU, and an error marks only its
   t.equal(sumSamples(next, 'probepilot_gpu_process_memory_used_bytes', {}), 0, 'processes that left the GPU leave no series');
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
   t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
+});
+
+t.test('without DCGM, or without its profiling module, the NVML metrics stand alone and say why', async (t) => {
+  if (!requirePrivileges(t, 'the agent with the GPU collector')) return;
+  const fake = await fakeNvml(t);
+  fake.write({ gpus: [{ uuid: a100, name: 'NVIDIA-A100-SXM4-40GB', fields: a100Fields }] });
+  const dcgm = await fakeDcgm(t);
+  dcgm.write({ profiling: -37, gpus: [{ id: 0, uuid: a100, fields: { 1002: 0.75 } }] });
+  const cases = [
+    { what: 'no DCGM', path: '/nonexistent/libdcgm.so.4', reason: /^DCGM unavailable: \/nonexistent\/libdcgm\.so\.4: cannot open shared object file/ },
+    { what: 'DCGM without profiling', path: dcgm.library, reason: /^profiling unsupported: dcgmWatchFields: This request is serviced by a module of DCGM that is not currently loaded \(DCGM -37\)$/ },
+    { what: 'DCGM disabled', path: '', reason: /^disabled in config/ },
+  ];
+  for (const { what, path: library, reason } of cases) {
+    const agent = await startAgent({ env: { ...onlyGpu, PROBEPILOT_COLLECTORS_GPU_LIBRARY_PATH: fake.library, PROBEPILOT_COLLECTORS_GPU_DCGM_LIBRARY_PATH: library } });
+    const families = await scrape(agent);
+    const up = findSamples(families, 'probepilot_gpu_dcgm_up');
+    t.equal(up.length, 1, `${what}: one probepilot_gpu_dcgm_up`);
+    t.equal(up[0]?.value, 0, `${what}: DCGM fields are not collected`);
+    t.match(up[0]?.labels.reason, reason, `${what}: the reason says why (${up[0]?.labels.reason})`);
+    t.equal(findSamples(families, 'probepilot_gpu_sm_active_ratio').length, 0, `${what}: no profiling series`);
+    t.equal(sampleValue(families, 'probepilot_gpu_utilization_ratio', { uuid: a100 }), 0.37, `${what}: NVML's values as always`);
+    t.equal(sampleValue(families, 'probepilot_collector_up', { collector: 'gpu' }), 1, `${what}: the collector is up`);
+    t.equal(await agent.stop(), 0, `${what}: agent exits cleanly`);
+  }
 });
 
 t.test('no NVML, or NVML that cannot start, disables only the GPU collector', async (t) => {
