@@ -66,7 +66,7 @@ static const struct traffic_value zero_traffic;
 const volatile bool flows_enabled = true;
 
 /* Peer classes; userspace numbers configured CIDR names from PEER_FIRST_NAMED. */
-enum peer_class { PEER_WORLD = 0, PEER_POD = 1, PEER_HOST = 2, PEER_FIRST_NAMED = 3 };
+enum peer_class { PEER_WORLD = 0, PEER_POD = 1, PEER_HOST = 2, PEER_NODE = 3, PEER_FIRST_NAMED = 4 };
 
 struct peer_address {
 	__u8 family;

@@ -9,7 +9,8 @@ import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js
 import { CgroupPaths } from './identity/cgroups.js';
 import { NetnsWorkloads } from './identity/netns.js';
 import { StandaloneIdentity, type Identity } from './identity/identity.js';
-import { KubernetesIdentity, PodWatcher } from './identity/kubernetes.js';
+import { clusterPodInformer, KubernetesIdentity, loadKubeConfig, nodeAddressInformer, PodWatcher } from './identity/kubernetes.js';
+import type { SlimInformer } from './identity/slim-informer.js';
 import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
 import { createCollectors } from './collectors/index.js';
@@ -25,6 +26,8 @@ export class Agent {
   private addon: NativeAddon | undefined;
   private ready = false;
   private pods: PodWatcher | undefined;
+  /** Node addresses and other nodes' pods, for naming traffic peers. */
+  private informers: Array<Pick<SlimInformer<object, unknown>, 'stop'>> = [];
   private otlp: OtlpExporter | undefined;
   private nodeName: string | undefined;
 
@@ -75,6 +78,7 @@ export class Agent {
     await this.otlp?.stop();
     await this.manager?.stop();
     await this.pods?.stop();
+    for (const informer of this.informers) informer.stop();
     if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
     this.statsHandle = undefined;
     this.log.info('stopped; all programs detached');
@@ -87,10 +91,14 @@ export class Agent {
     const nodeName = kubernetes.nodeName || process.env.NODE_NAME || os.hostname();
     this.nodeName = nodeName;
     const log = this.log.child({ component: 'kubernetes' });
-    this.pods = new PodWatcher({ kubeconfig: kubernetes.kubeconfig, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log });
-    await this.pods.start();
-    log.info({ nodeName, pods: this.pods.size, apiUp: this.pods.apiUp }, 'watching the pods of this node');
-    return new KubernetesIdentity(cgroups, netns, this.pods);
+    const kc = loadKubeConfig(kubernetes.kubeconfig);
+    this.pods = new PodWatcher({ kc, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log });
+    const nodes = kubernetes.nodePeers ? nodeAddressInformer(kc, log) : undefined;
+    const clusterPods = kubernetes.clusterPodPeers ? clusterPodInformer(kc, nodeName, log) : undefined;
+    this.informers = [nodes, clusterPods].filter((i) => i !== undefined);
+    await Promise.all([this.pods.start(), nodes?.start(), clusterPods?.start()]);
+    log.info({ nodeName, pods: this.pods.size, apiUp: this.pods.apiUp, nodes: nodes?.records.size, clusterPods: clusterPods?.records.size }, 'watching the pods of this node');
+    return new KubernetesIdentity(cgroups, netns, this.pods, nodes, clusterPods);
   }
 
   private enabled(name: string): boolean {

@@ -55,6 +55,8 @@ export interface AgentConfig {
     kubeconfig: string;
     nodeName: string;
     relistIntervalSeconds: number;
+    nodePeers: boolean;
+    clusterPodPeers: boolean;
   };
   collectors: {
     network: {
@@ -193,6 +195,16 @@ export const schema = {
       max: 86400,
       default: 300,
       doc: 'How often the pod list is fetched again, besides the watch (a watch can go silent without an error).',
+    },
+    nodePeers: {
+      kind: 'boolean',
+      default: true,
+      doc: 'Watch the cluster\'s Nodes (their addresses only) so traffic to another node is peer_class="node" in the peer matrix.',
+    },
+    clusterPodPeers: {
+      kind: 'boolean',
+      default: false,
+      doc: 'Also watch the running pods of every other node (their addresses, names and owners, kept small) so cross-node traffic names its peer pod; costs one cluster-wide pod watch per node.',
     },
   },
   collectors: {

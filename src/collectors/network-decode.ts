@@ -70,7 +70,7 @@ export function l3OffsetFor(hwType: number): number {
 export const flowKeySize = 32;
 
 /** enum peer_class in net.bpf.c; configured CIDR names are numbered from firstNamed. */
-export const PeerClass = { world: 0, pod: 1, host: 2, firstNamed: 3 } as const;
+export const PeerClass = { world: 0, pod: 1, host: 2, node: 3, firstNamed: 4 } as const;
 
 export interface FlowEntry {
   index: number;

@@ -1,12 +1,12 @@
 // Who is at the other end of traffic. The kernel tells pods apart by exact
 // address (net_peer_addresses) and folds every other peer into a class: the
-// node's own addresses (host), configured CIDR names (net_peer_cidrs), and
-// world. This keeps those two maps in step with what the identity knows and
+// node's own addresses (host), the cluster's other nodes (node), configured
+// CIDR names (net_peer_cidrs), and world. This keeps those two maps in step with what the identity knows and
 // names the peers of the flow entries read back.
 import os from 'node:os';
 import type { BpfObject } from '../bpf/addon.js';
 import type { NamedPrefix, PeerLabelSetting } from '../config.js';
-import type { PeerPod } from '../identity/identity.js';
+import type { Peers } from '../identity/identity.js';
 import { parseIp, parsePrefix } from '../ip.js';
 import { sanitizeLabelValue, type Labels } from '../metrics/model.js';
 import { PeerClass, encodePeerAddress, encodePeerClass, encodePeerPrefix, peerAddressId } from './network-decode.js';
@@ -23,13 +23,13 @@ interface InstalledPeer {
 }
 
 export class PeerDirectory {
-  /** Class id → name; ids from PeerClass.firstNamed are the configured CIDR names, in order. */
+  /** Class id → name; ids from PeerClass.firstNamed are the configured CIDR names, in order ("node" among them is the node class). */
   private readonly classNames: string[];
   private readonly classLabels: Labels[];
   private readonly installed = new Map<string, InstalledPeer>();
   /** Pod addresses taken out of the kernel map whose flow entries have not been retired yet. */
   private readonly departed = new Map<string, Labels>();
-  private lastPods: ReadonlyMap<string, PeerPod> | undefined;
+  private lastPeers: Peers | undefined;
   private lastHostAddresses = '';
   private readonly labelNames: readonly string[];
   /** Addresses that did not fit net_peer_addresses at the last change: their traffic counts as world. */
@@ -40,8 +40,8 @@ export class PeerDirectory {
     private readonly peerLabel: PeerLabelSetting,
     private readonly maxPeers: number,
   ) {
-    const names = new Set(cidrs.map((c) => c.name));
-    this.classNames = ['world', 'pod', 'host', ...names];
+    const names = new Set(cidrs.map((c) => c.name).filter((name) => name !== 'node'));
+    this.classNames = ['world', 'pod', 'host', 'node', ...names];
     this.labelNames = peerLabelNames(peerLabel);
     this.classLabels = this.classNames.map((name) => this.freeze('', '', name));
   }
@@ -55,17 +55,17 @@ export class PeerDirectory {
   }
 
   /**
-   * Brings net_peer_addresses in line with the pods and the node's
-   * addresses; cheap when neither changed. True when this change left
-   * addresses out for lack of room.
+   * Brings net_peer_addresses in line with the pods, the other nodes and
+   * this node's addresses; cheap when nothing changed. True when this change
+   * left addresses out for lack of room.
    */
-  sync(object: BpfObject, pods: ReadonlyMap<string, PeerPod>): boolean {
+  sync(object: BpfObject, peers: Peers): boolean {
     const hostAddresses = Object.values(os.networkInterfaces())
       .flatMap((addrs) => addrs ?? [])
       .map((a) => a.address);
     const hostKey = hostAddresses.join(',');
-    if (pods === this.lastPods && hostKey === this.lastHostAddresses) return false;
-    this.lastPods = pods;
+    if (peers === this.lastPeers && hostKey === this.lastHostAddresses) return false;
+    this.lastPeers = peers;
     this.lastHostAddresses = hostKey;
 
     const wanted = new Map<string, { family: 4 | 6; bytes: Uint8Array; peerClass: number; labels: Labels }>();
@@ -74,11 +74,17 @@ export class PeerDirectory {
       const ip = parseIp(text);
       if (ip) wanted.set(peerAddressId(ip.family, padded(ip.bytes)), { ...ip, peerClass: PeerClass.host, labels: this.classLabels[PeerClass.host]! });
     }
-    for (const [text, pod] of pods) {
+    for (const [text, pod] of peers.pods) {
       const ip = parseIp(text);
       if (!ip) continue;
       const id = peerAddressId(ip.family, padded(ip.bytes));
       if (!wanted.has(id)) wanted.set(id, { ...ip, peerClass: PeerClass.pod, labels: this.freeze(pod.namespace, this.peerLabel === 'pod' ? pod.pod : pod.workload, 'pod') });
+    }
+    for (const text of peers.nodes) {
+      const ip = parseIp(text);
+      if (!ip) continue;
+      const id = peerAddressId(ip.family, padded(ip.bytes));
+      if (!wanted.has(id)) wanted.set(id, { ...ip, peerClass: PeerClass.node, labels: this.classLabels[PeerClass.node]! });
     }
 
     for (const [id, peer] of this.installed) {

@@ -286,7 +286,7 @@ export class NetworkCollector implements Collector {
     const object = this.object;
     if (!object) return;
     try {
-      if (this.peers?.sync(object, this.ctx.identity.peerPods())) {
+      if (this.peers?.sync(object, this.ctx.identity.peers())) {
         this.log.warn({ peers: this.peers.overflow }, 'peer addresses beyond collectors.network.flows.maxPeers: their traffic counts as world');
       }
     } catch (err) {

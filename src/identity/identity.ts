@@ -17,6 +17,12 @@ export interface PeerPod {
   workload: string;
 }
 
+/** Who traffic peers can be named as: pods by address, and the addresses of the cluster's other nodes. */
+export interface Peers {
+  pods: ReadonlyMap<string, PeerPod>;
+  nodes: ReadonlySet<string>;
+}
+
 export interface Identity {
   readonly mode: 'standalone' | 'kubernetes';
   readonly cgroups: CgroupPaths;
@@ -25,8 +31,8 @@ export interface Identity {
   labelNames(scope: IdentityScope): readonly string[];
   /** Labels for a workload's cgroup path; the root stands for the node itself and for what cannot be attributed. */
   labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels;
-  /** Pods by IP address (text), for the peer side of traffic; the same object until something changes. Empty when pods are unknown (standalone). */
-  peerPods(): ReadonlyMap<string, PeerPod>;
+  /** Pods by IP address (text) and node addresses, for the peer side of traffic; the same object until something changes. Empty in standalone mode. */
+  peers(): Peers;
   /** What the identity source reports about itself (e.g. whether the API server answers). */
   readonly families: readonly FamilyDescriptor[];
   metrics(): MetricFamily[];
@@ -36,7 +42,7 @@ export class StandaloneIdentity implements Identity {
   readonly mode = 'standalone';
   readonly families: readonly FamilyDescriptor[] = [];
   private readonly cache = new Map<string, Labels>();
-  private readonly noPeers: ReadonlyMap<string, PeerPod> = new Map();
+  private readonly noPeers: Peers = { pods: new Map(), nodes: new Set() };
 
   constructor(
     readonly cgroups: CgroupPaths,
@@ -60,7 +66,7 @@ export class StandaloneIdentity implements Identity {
   }
 
   /** Standalone mode knows no pods; peers fall into their classes (host, world, configured CIDRs). */
-  peerPods(): ReadonlyMap<string, PeerPod> {
+  peers(): Peers {
     return this.noPeers;
   }
 

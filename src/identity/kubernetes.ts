@@ -3,15 +3,17 @@
 // errors and re-listed on a timer), with each pod's controller resolved to a
 // workload (ReplicaSet → Deployment, Job → CronJob). Metrics then carry
 // namespace/pod/container/workload/workload_kind instead of a cgroup path.
-import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1OwnerReference, type V1Pod, type V1PodList } from '@kubernetes/client-node';
+import { AppsV1Api, BatchV1Api, CoreV1Api, KubeConfig, ListWatch, Watch, type V1Node, type V1OwnerReference, type V1Pod, type V1PodList } from '@kubernetes/client-node';
 import { ConfigError } from '../config.js';
+import { Backoff } from '../backoff.js';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import { sanitizeLabelValue, type FamilyDescriptor, type Labels, type MetricFamily } from '../metrics/model.js';
 import type { CgroupPaths } from './cgroups.js';
-import type { Identity, IdentityScope, PeerPod } from './identity.js';
+import type { Identity, IdentityScope, PeerPod, Peers } from './identity.js';
 import { parseKubeletCgroup, runtimeContainerId } from './kubelet.js';
 import type { NetnsWorkloads } from './netns.js';
+import { SlimInformer } from './slim-informer.js';
 
 export interface PodInfo {
   namespace: string;
@@ -24,9 +26,25 @@ export interface PodInfo {
   ips: readonly string[];
 }
 
+/** The API server's address and credentials: a kubeconfig file, or (empty) the in-cluster service account. */
+export function loadKubeConfig(kubeconfig: string): KubeConfig {
+  const kc = new KubeConfig();
+  if (kubeconfig) {
+    try {
+      kc.loadFromFile(kubeconfig);
+    } catch (err) {
+      throw new ConfigError('kubernetes.kubeconfig', `cannot load ${kubeconfig}: ${describeError(err)}`);
+    }
+  } else if (!process.env.KUBERNETES_SERVICE_HOST) {
+    throw new ConfigError('kubernetes.kubeconfig', 'empty, and this is not a pod (no KUBERNETES_SERVICE_HOST): give a kubeconfig file or run in the cluster');
+  } else {
+    kc.loadFromCluster();
+  }
+  return kc;
+}
+
 export interface PodWatcherOptions {
-  /** kubeconfig file; empty: the in-cluster service account. */
-  kubeconfig: string;
+  kc: KubeConfig;
   nodeName: string;
   /** A watch can go silent without an error: list again this often. */
   relistIntervalMs: number;
@@ -35,7 +53,6 @@ export interface PodWatcherOptions {
 
 /** Bounded fallback for pods the API server has not told us about (yet). */
 const unknown = 'unknown';
-const backoff = { initialMs: 500, maxMs: 30_000 } as const;
 
 export class PodWatcher {
   private readonly pods = new Map<string, PodInfo>();
@@ -44,7 +61,7 @@ export class PodWatcher {
   private readonly listPods: () => Promise<V1PodList>;
   private readonly apps: AppsV1Api;
   private readonly batch: BatchV1Api;
-  private restartDelayMs: number = backoff.initialMs;
+  private readonly backoff = new Backoff(500, 30_000);
   private restartTimer: NodeJS.Timeout | undefined;
   private relistTimer: NodeJS.Timeout | undefined;
   private stopped = false;
@@ -54,18 +71,7 @@ export class PodWatcher {
   generation = 0;
 
   constructor(private readonly options: PodWatcherOptions) {
-    const kc = new KubeConfig();
-    if (options.kubeconfig) {
-      try {
-        kc.loadFromFile(options.kubeconfig);
-      } catch (err) {
-        throw new ConfigError('kubernetes.kubeconfig', `cannot load ${options.kubeconfig}: ${describeError(err)}`);
-      }
-    } else if (!process.env.KUBERNETES_SERVICE_HOST) {
-      throw new ConfigError('kubernetes.kubeconfig', 'empty, and this is not a pod (no KUBERNETES_SERVICE_HOST): give a kubeconfig file or run in the cluster');
-    } else {
-      kc.loadFromCluster();
-    }
+    const { kc } = options;
     const core = kc.makeApiClient(CoreV1Api);
     this.apps = kc.makeApiClient(AppsV1Api);
     this.batch = kc.makeApiClient(BatchV1Api);
@@ -111,15 +117,14 @@ export class PodWatcher {
   /** A list succeeded or a watch connected (ListWatch's own "connect" fires before it even tries). */
   private onReachable(): void {
     this.apiUp = true;
-    this.restartDelayMs = backoff.initialMs;
+    this.backoff.reset();
   }
 
   /** The informer stops after an error; it is restarted with exponential backoff and jitter so an outage is no request flood. */
   private onError(err: unknown): void {
     this.apiUp = false;
     if (this.stopped || this.restartTimer) return;
-    const delay = this.restartDelayMs * (0.5 + Math.random() / 2);
-    this.restartDelayMs = Math.min(this.restartDelayMs * 2, backoff.maxMs);
+    const delay = this.backoff.next();
     this.options.log.warn({ err: describeError(err), retryMs: Math.round(delay) }, 'pod watch failed; keeping the last known pods');
     this.restartTimer = setTimeout(() => {
       this.restartTimer = undefined;
@@ -206,9 +211,58 @@ export class PodWatcher {
   }
 }
 
+/** The addresses other nodes of the cluster are reached at (traffic to them is peer_class="node"). */
+export function nodeAddressInformer(kc: KubeConfig, log: Logger): SlimInformer<V1Node, readonly string[]> {
+  const core = kc.makeApiClient(CoreV1Api);
+  return new SlimInformer<V1Node, readonly string[]>(kc, {
+    what: 'nodes',
+    list: (params) => core.listNode(params),
+    watchPath: '/api/v1/nodes',
+    slim: (node) => (node.status?.addresses ?? []).filter((a) => a.type === 'InternalIP' || a.type === 'ExternalIP').map((a) => a.address),
+    log,
+  });
+}
+
+/**
+ * The workload of a pod on another node, from its owner reference alone (no
+ * lookups for thousands of pods): a ReplicaSet named "<deployment>-<pod-template-hash>"
+ * is its Deployment; any other controller is itself; a bare pod is its own.
+ */
+export function peerWorkloadOf(pod: V1Pod): string {
+  const controller = pod.metadata?.ownerReferences?.find((r) => r.controller) ?? pod.metadata?.ownerReferences?.[0];
+  if (!controller) return pod.metadata?.name ?? '';
+  const hash = pod.metadata?.labels?.['pod-template-hash'];
+  if (controller.kind === 'ReplicaSet' && hash && controller.name.endsWith(`-${hash}`)) return controller.name.slice(0, -hash.length - 1);
+  return controller.name;
+}
+
+export interface ClusterPod extends PeerPod {
+  ips: readonly string[];
+}
+
+/** Running pods of the other nodes, by address, so cross-node traffic names its peer pod (kubernetes.clusterPodPeers). */
+export function clusterPodInformer(kc: KubeConfig, nodeName: string, log: Logger): SlimInformer<V1Pod, ClusterPod> {
+  const core = kc.makeApiClient(CoreV1Api);
+  // Finished pods' addresses are reused at once; this node's pods come with full owner resolution from PodWatcher.
+  const fieldSelector = `spec.nodeName!=${nodeName},status.phase!=Succeeded,status.phase!=Failed`;
+  return new SlimInformer<V1Pod, ClusterPod>(kc, {
+    what: 'cluster pods',
+    list: (params) => core.listPodForAllNamespaces({ ...params, fieldSelector }),
+    watchPath: '/api/v1/pods',
+    watchQuery: { fieldSelector },
+    slim: (pod) => {
+      if (pod.spec?.hostNetwork || pod.spec?.nodeName === nodeName || pod.status?.phase === 'Succeeded' || pod.status?.phase === 'Failed') return undefined;
+      const ips = pod.status?.podIPs?.map((a) => a.ip) ?? (pod.status?.podIP ? [pod.status.podIP] : []);
+      if (ips.length === 0) return undefined;
+      return { namespace: pod.metadata?.namespace ?? '', pod: pod.metadata?.name ?? '', workload: peerWorkloadOf(pod), ips };
+    },
+    log,
+  });
+}
+
 const apiUpFamily: FamilyDescriptor = {
   name: 'probepilot_kubernetes_api_up',
-  help: 'Whether the last pod list or watch against the Kubernetes API server succeeded (1) or not (0); labels stay as last known meanwhile.',
+  help: 'Whether the last list or watch of each watched collection (this node\'s pods, nodes, other nodes\' pods) against the Kubernetes API server succeeded (1) or not (0); labels stay as last known meanwhile.',
   type: 'gauge',
   labelNames: [],
 };
@@ -242,13 +296,15 @@ export class KubernetesIdentity implements Identity {
   readonly mode = 'kubernetes';
   private readonly cache = new Map<string, Labels>();
   private cachedGeneration = -1;
-  private peers: ReadonlyMap<string, PeerPod> = new Map();
-  private peersGeneration = -1;
+  private peerSet: Peers = { pods: new Map(), nodes: new Set() };
+  private peersGeneration = '';
 
   constructor(
     readonly cgroups: CgroupPaths,
     readonly netns: NetnsWorkloads,
     private readonly pods: PodWatcher,
+    private readonly nodes?: SlimInformer<V1Node, readonly string[]>,
+    private readonly clusterPods?: SlimInformer<V1Pod, ClusterPod>,
   ) {}
 
   labelNames(scope: IdentityScope): readonly string[] {
@@ -294,22 +350,30 @@ export class KubernetesIdentity implements Identity {
     return out;
   }
 
-  /** The pods of this node by address (peers on other nodes are not watched: they fall into their CIDR class or world). */
-  peerPods(): ReadonlyMap<string, PeerPod> {
-    if (this.peersGeneration !== this.pods.generation) {
-      const peers = new Map<string, PeerPod>();
-      for (const pod of this.pods.values()) {
-        for (const ip of pod.ips) peers.set(ip, { namespace: pod.namespace, pod: pod.name, workload: pod.workload });
+  /** Pods by address (this node's, and with clusterPodPeers the other nodes' too) and the other nodes' addresses. */
+  peers(): Peers {
+    const generation = `${this.pods.generation}/${this.clusterPods?.generation ?? 0}/${this.nodes?.generation ?? 0}`;
+    if (generation !== this.peersGeneration) {
+      const pods = new Map<string, PeerPod>();
+      for (const pod of this.clusterPods?.records.values() ?? []) {
+        for (const ip of pod.ips) pods.set(ip, { namespace: pod.namespace, pod: pod.pod, workload: pod.workload });
       }
-      this.peers = peers;
-      this.peersGeneration = this.pods.generation;
+      // This node's pods last: their workloads are resolved through the API, and they are the freshest.
+      for (const pod of this.pods.values()) {
+        for (const ip of pod.ips) pods.set(ip, { namespace: pod.namespace, pod: pod.name, workload: pod.workload });
+      }
+      const nodes = new Set<string>();
+      for (const addresses of this.nodes?.records.values() ?? []) for (const address of addresses) nodes.add(address);
+      this.peerSet = { pods, nodes };
+      this.peersGeneration = generation;
     }
-    return this.peers;
+    return this.peerSet;
   }
 
   readonly families: readonly FamilyDescriptor[] = [apiUpFamily];
 
   metrics(): MetricFamily[] {
-    return [{ ...apiUpFamily, type: 'gauge', samples: [{ labels: {}, value: this.pods.apiUp ? 1 : 0 }] }];
+    const up = this.pods.apiUp && (this.nodes?.apiUp ?? true) && (this.clusterPods?.apiUp ?? true);
+    return [{ ...apiUpFamily, type: 'gauge', samples: [{ labels: {}, value: up ? 1 : 0 }] }];
   }
 }

@@ -13,7 +13,7 @@ import type { AddressInfo } from 'node:net';
 import type { Pod } from './pods.js';
 
 export interface KubeObject {
-  metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; ownerReferences?: Array<{ kind: string; name: string; controller?: boolean; apiVersion?: string; uid?: string }> };
+  metadata: { name: string; namespace?: string; uid?: string; resourceVersion?: string; labels?: Record<string, string>; ownerReferences?: Array<{ kind: string; name: string; controller?: boolean; apiVersion?: string; uid?: string }> };
   spec?: { nodeName?: string };
   status?: Record<string, unknown>;
   [key: string]: unknown;
@@ -44,6 +44,11 @@ export function podObject(pod: Pod, { namespace, name, owner, node = 'test-node'
   };
 }
 
+/** A Node object with an InternalIP (what the agent reads of nodes). */
+export function nodeObject(name: string, internalIp: string): KubeObject {
+  return { apiVersion: 'v1', kind: 'Node', metadata: { name, uid: `node-${name}` }, status: { addresses: [{ type: 'InternalIP', address: internalIp }, { type: 'Hostname', address: name }] } };
+}
+
 /** A started FakeKubeApi and a kubeconfig file for it; both go away with the test. */
 export async function startFakeKubeApi(t: Test): Promise<{ api: FakeKubeApi; kubeconfig: string }> {
   const api = new FakeKubeApi();
@@ -56,18 +61,20 @@ export async function startFakeKubeApi(t: Test): Promise<{ api: FakeKubeApi; kub
   return { api, kubeconfig };
 }
 
-type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; object: KubeObject; rv: number };
+type Collection = 'pods' | 'nodes';
+type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; collection: Collection; object: KubeObject; rv: number };
 
 export class FakeKubeApi {
   private server: Server | undefined;
   private port = 0;
   private rv = 1;
   private readonly pods = new Map<string, KubeObject>();
+  private readonly nodes = new Map<string, KubeObject>();
   private readonly others = new Map<string, KubeObject>();
   private readonly history: WatchEvent[] = [];
   /** Watches from a resourceVersion older than this get 410 Gone. */
   private compactedThrough = 0;
-  private readonly watchers = new Set<{ res: ServerResponse; node: string | undefined; silent?: boolean }>();
+  private readonly watchers = new Set<{ res: ServerResponse; collection: Collection; node: string | undefined; silent?: boolean }>();
   /** Every request path, in order. */
   readonly requests: string[] = [];
   /** While set, every request is answered 503 and open watches are cut: an outage whose retries can be counted. */
@@ -126,7 +133,7 @@ export class FakeKubeApi {
   upsertPod(pod: KubeObject): void {
     const key = `${pod.metadata.namespace}/${pod.metadata.name}`;
     const type = this.pods.has(key) ? 'MODIFIED' : 'ADDED';
-    this.record(type, pod);
+    this.record(type, 'pods', pod);
     this.pods.set(key, pod);
   }
 
@@ -134,7 +141,20 @@ export class FakeKubeApi {
     const pod = this.pods.get(`${namespace}/${name}`);
     if (!pod) return;
     this.pods.delete(`${namespace}/${name}`);
-    this.record('DELETED', pod);
+    this.record('DELETED', 'pods', pod);
+  }
+
+  upsertNode(node: KubeObject): void {
+    const type = this.nodes.has(node.metadata.name) ? 'MODIFIED' : 'ADDED';
+    this.record(type, 'nodes', node);
+    this.nodes.set(node.metadata.name, node);
+  }
+
+  deleteNode(name: string): void {
+    const node = this.nodes.get(name);
+    if (!node) return;
+    this.nodes.delete(name);
+    this.record('DELETED', 'nodes', node);
   }
 
   /** Open watches stay connected but hear nothing more (a watch that went silent without an error). */
@@ -152,12 +172,12 @@ export class FakeKubeApi {
     this.watchers.clear();
   }
 
-  private record(type: WatchEvent['type'], pod: KubeObject): void {
+  private record(type: WatchEvent['type'], collection: Collection, object: KubeObject): void {
     const rv = ++this.rv;
-    pod.metadata.resourceVersion = String(rv);
-    const event = { type, object: structuredClone(pod), rv };
+    object.metadata.resourceVersion = String(rv);
+    const event = { type, collection, object: structuredClone(object), rv };
     this.history.push(event);
-    for (const w of this.watchers) if (!w.silent && matches(event.object, w.node)) w.res.write(`${JSON.stringify({ type, object: event.object })}\n`);
+    for (const w of this.watchers) if (!w.silent && w.collection === collection && matches(event.object, w.node)) w.res.write(`${JSON.stringify({ type, object: event.object })}\n`);
   }
 
   private handle(req: IncomingMessage, res: ServerResponse): void {
@@ -165,34 +185,36 @@ export class FakeKubeApi {
     this.requests.push(`${url.pathname}${url.search}`);
     if (this.failing) return json(res, 503, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'ServiceUnavailable', code: 503 });
     const node = /^spec\.nodeName=(.+)$/.exec(url.searchParams.get('fieldSelector') ?? '')?.[1];
-    if (url.pathname === '/api/v1/pods' && url.searchParams.get('watch') === 'true') return this.watch(url, node, res);
-    if (url.pathname === '/api/v1/pods') {
-      const items = [...this.pods.values()].filter((p) => matches(p, node));
-      return json(res, 200, { kind: 'PodList', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items });
+    const collection = ({ '/api/v1/pods': 'pods', '/api/v1/nodes': 'nodes' } as const)[url.pathname as '/api/v1/pods' | '/api/v1/nodes'] as Collection | undefined;
+    if (collection && url.searchParams.get('watch') === 'true') return this.watch(url, collection, node, res);
+    if (collection) {
+      const items = [...(collection === 'pods' ? this.pods : this.nodes).values()].filter((p) => matches(p, node));
+      return json(res, 200, { kind: collection === 'pods' ? 'PodList' : 'NodeList', apiVersion: 'v1', metadata: { resourceVersion: String(this.rv) }, items });
     }
     const object = this.others.get(url.pathname);
     if (object) return json(res, 200, object);
     return json(res, 404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'NotFound', code: 404 });
   }
 
-  private watch(url: URL, node: string | undefined, res: ServerResponse): void {
+  private watch(url: URL, collection: Collection, node: string | undefined, res: ServerResponse): void {
     const from = Number(url.searchParams.get('resourceVersion') || 0);
     res.writeHead(200, { 'content-type': 'application/json' });
     if (from > 0 && from < this.compactedThrough) {
       res.end(`${JSON.stringify({ type: 'ERROR', object: { kind: 'Status', code: 410, reason: 'Expired', message: 'too old resource version' } })}\n`);
       return;
     }
-    for (const event of this.history) if (event.rv > from && matches(event.object, node)) res.write(`${JSON.stringify({ type: event.type, object: event.object })}\n`);
+    for (const event of this.history) if (event.rv > from && event.collection === collection && matches(event.object, node)) res.write(`${JSON.stringify({ type: event.type, object: event.object })}\n`);
     // A real API server sends the headers at once; Node would hold them until the first event.
     res.flushHeaders();
-    const watcher = { res, node };
+    const watcher = { res, collection, node };
     this.watchers.add(watcher);
     res.on('close', () => this.watchers.delete(watcher));
   }
 }
 
-function matches(pod: KubeObject, node: string | undefined): boolean {
-  return node === undefined || pod.spec?.nodeName === node;
+/** The spec.nodeName=X field selector (pods); other selectors are left to the client, which filters again. */
+function matches(object: KubeObject, node: string | undefined): boolean {
+  return node === undefined || object.spec?.nodeName === node;
 }
 
 function json(res: ServerResponse, status: number, body: unknown): void {

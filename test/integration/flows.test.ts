@@ -1,7 +1,9 @@
 // The peer matrix against an exact oracle: a client pod sends a known number
-// of UDP datagrams of a known size to each kind of peer — a pod the API
-// server names (over IPv4 and IPv6), an address in a configured CIDR name,
-// the node itself, and an address nobody names (world). Each datagram is
+// of UDP datagrams of a known size to each kind of peer — a pod of this node
+// the API server names (over IPv4 and IPv6), a pod of another node (named
+// through the cluster-wide pod watch), another node's address (a Node
+// object), an address in a configured CIDR name, the node itself, and an
+// address nobody names (world). Each datagram is
 // 14 (Ethernet) + 20 or 40 (IP) + 8 (UDP) + payload bytes at TC, so every
 // flow counter has one right value, seen from both ends.
 import t from 'tap';
@@ -11,7 +13,7 @@ import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { startAgent, type AgentProcess } from '../helpers/agent.js';
 import { checkExposition, parseExposition, sumSamples, type LabelFilter } from '../helpers/exposition.js';
-import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
+import { nodeObject, podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { waitFor } from '../helpers/wait.js';
 
 const payload = 200;
@@ -57,8 +59,15 @@ t.test('per-peer bytes and packets match what was sent to each kind of peer', as
   const server = await net.addPod();
   const lab = await net.addPod();
   const outsider = await net.addPod();
+  const remote = await net.addPod();
+  const otherNode = await net.addPod();
   api.upsertPod(podObject(client, { namespace: 'shop', name: 'client-0', owner: { kind: 'StatefulSet', name: 'client' } }));
   api.upsertPod(podObject(server, { namespace: 'db', name: 'pg-0', owner: { kind: 'StatefulSet', name: 'pg' } }));
+  // A Deployment's pod on node-b: its workload comes from the ReplicaSet name minus the pod-template-hash.
+  const remoteObject = podObject(remote, { namespace: 'edge', name: 'cache-7d9f8-x2k4p', owner: { kind: 'ReplicaSet', name: 'cache-7d9f8' }, node: 'node-b' });
+  api.upsertPod({ ...remoteObject, metadata: { ...remoteObject.metadata, labels: { 'pod-template-hash': '7d9f8' } } });
+  api.upsertNode(nodeObject('test-node', net.gatewayIpv4));
+  api.upsertNode(nodeObject('node-b', otherNode.ipv4));
 
   const agent = await startAgent({
     env: {
@@ -68,6 +77,7 @@ t.test('per-peer bytes and packets match what was sent to each kind of peer', as
       PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
       // The lab pod's address has a name; the outsider's has none (world).
       PROBEPILOT_COLLECTORS_NETWORK_FLOWS_PEER_CIDRS: `lab=${lab.ipv4}/32`,
+      PROBEPILOT_KUBERNETES_CLUSTER_POD_PEERS: 'true',
       PROBEPILOT_COLLECTORS_SCHED_ENABLED: 'false',
       PROBEPILOT_COLLECTORS_SYSCALLS_ENABLED: 'false',
       PROBEPILOT_COLLECTORS_TCP_ENABLED: 'false',
@@ -78,7 +88,7 @@ t.test('per-peer bytes and packets match what was sent to each kind of peer', as
   });
   t.teardown(() => agent.stop());
 
-  const stops = await Promise.all([server, lab, outsider].map(udpSink));
+  const stops = await Promise.all([server, lab, outsider, remote, otherNode].map(udpSink));
   t.teardown(() => stops.forEach((stop) => stop()));
   const hostSink = createSocket('udp4');
   hostSink.bind(port, net.gatewayIpv4);
@@ -86,11 +96,13 @@ t.test('per-peer bytes and packets match what was sent to each kind of peer', as
   t.teardown(() => hostSink.close());
 
   // Neighbours resolved first (ARP is not IP, but IPv6 neighbour discovery is): only the datagrams change the counters below.
-  for (const address of [server.ipv4, server.ipv6, lab.ipv4, outsider.ipv6, net.gatewayIpv4]) await client.exec('ping', ['-c', '1', '-W', '2', address]);
+  for (const address of [server.ipv4, server.ipv6, lab.ipv4, outsider.ipv6, net.gatewayIpv4, remote.ipv6, otherNode.ipv4]) await client.exec('ping', ['-c', '1', '-W', '2', address]);
 
   const clientLabels = { namespace: 'shop', pod: 'client-0', workload: 'client', workload_kind: 'StatefulSet' };
   const peers = {
     pg: { peer_namespace: 'db', peer_workload: 'pg', peer_class: 'pod' },
+    cache: { peer_namespace: 'edge', peer_workload: 'cache', peer_class: 'pod' },
+    node: { peer_namespace: '', peer_workload: '', peer_class: 'node' },
     lab: { peer_namespace: '', peer_workload: '', peer_class: 'lab' },
     host: { peer_namespace: '', peer_workload: '', peer_class: 'host' },
     world: { peer_namespace: '', peer_workload: '', peer_class: 'world' },
@@ -99,6 +111,8 @@ t.test('per-peer bytes and packets match what was sent to each kind of peer', as
     { what: 'pod pg over IPv4', address: server.ipv4, count: 37, family: 4, peer: peers.pg },
     { what: 'pod pg over IPv6', address: server.ipv6, count: 23, family: 6, peer: peers.pg },
     { what: 'CIDR name lab', address: lab.ipv4, count: 19, family: 4, peer: peers.lab },
+    { what: 'a pod of another node (IPv6)', address: remote.ipv6, count: 13, family: 6, peer: peers.cache },
+    { what: 'another node', address: otherNode.ipv4, count: 17, family: 4, peer: peers.node },
     { what: 'the node (host)', address: net.gatewayIpv4, count: 11, family: 4, peer: peers.host },
     { what: 'an unnamed address (world)', address: outsider.ipv6, count: 7, family: 6, peer: peers.world },
   ] as const;

@@ -188,6 +188,12 @@ t.test('TCP connections, latency, RTT, retransmits and resets against the kernel
     conn.send('close');
     await conn.line('closed');
     await execChecked('ip', ['netns', 'exec', server.netns, 'nft', 'delete', 'table', 'inet', 'pp_tcp']);
+    // "closed" means the kernel took the data, not that the peer acknowledged it: retransmits go on until every
+    // connection is past its FIN exchange. Compare once only TIME-WAIT is left (it sends nothing).
+    await waitFor(
+      async () => (await Promise.all(pods.map((pod) => execChecked('ip', ['netns', 'exec', pod.netns, 'ss', '-tanH', 'exclude', 'time-wait', 'exclude', 'listening'])))).every((out) => out.trim() === ''),
+      { timeoutMs: 30_000, what: 'the connections to finish their retransmits' },
+    );
     for (const [i, pod] of pods.entries()) {
       const kernel = (await retransSegs(pod)) - before[i]!.kernel;
       const exported = (await metric(agent, 'probepilot_tcp_retransmits_total', of(pod))) - before[i]!.exported;

@@ -266,11 +266,12 @@ t.test('a config the agent would reject renders, and the agent validator catches
   await t.rejects(helmTemplate({ config: { listen: 'localhost' } }), /has no port/, 'a listen address without a port fails the render');
 });
 
-t.test('RBAC is read-only pods, replicasets and jobs for the chart ServiceAccount', async (t) => {
+t.test('RBAC is read-only pods, nodes, replicasets and jobs for the chart ServiceAccount', async (t) => {
   const rendered = await helmTemplate();
   const role = rendered.one('ClusterRole') as unknown as IClusterRole;
   t.same(role.rules, [
     { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+    { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['apps'], resources: ['replicasets'], verbs: ['get', 'list', 'watch'] },
     { apiGroups: ['batch'], resources: ['jobs'], verbs: ['get', 'list'] },
   ]);
