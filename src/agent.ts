@@ -13,11 +13,13 @@ import { clusterPodInformer, KubernetesIdentity, loadKubeConfig, nodeAddressInfo
 import type { SlimInformer } from './identity/slim-informer.js';
 import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
-import { createCollectors } from './collectors/index.js';
+import { collectorFactories } from './collectors/index.js';
 import { PrometheusExporter } from './exporters/prometheus.js';
 import { OtlpExporter } from './exporters/otlp.js';
 import { agentVersion } from './version.js';
 import { buildServer } from './server.js';
+import { AgentEvents } from './api/events.js';
+import { AgentService } from './api/service.js';
 
 export class Agent {
   private manager: CollectorManager | undefined;
@@ -29,6 +31,7 @@ export class Agent {
   /** Node addresses and other nodes' pods, for naming traffic peers. */
   private informers: Array<Pick<SlimInformer<object, unknown>, 'stop'>> = [];
   private otlp: OtlpExporter | undefined;
+  private readonly events = new AgentEvents();
   private nodeName: string | undefined;
 
   constructor(
@@ -53,10 +56,9 @@ export class Agent {
     const cgroupRoot = config.cgroupRoot || findCgroup2Mount();
     if (!cgroupRoot) log.warn('no cgroup v2 mount found: workloads fall back to the node (cgroup="/")');
     const identity = await this.createIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
-    const ctx: CollectorContext = { config, log, addon, identity };
-    const collectors = createCollectors(ctx);
-    const disabled = new Set(collectors.filter((c) => !this.enabled(c.name)).map((c) => c.name));
-    const manager = new CollectorManager(collectors, log, this.statsHandle !== undefined, disabled);
+    const ctx: CollectorContext = { config, log, addon, identity, events: this.events };
+    const disabled = new Set(Object.entries(config.collectors).filter(([, section]) => !section.enabled).map(([name]) => name));
+    const manager = new CollectorManager(collectorFactories(ctx), log, this.statsHandle !== undefined, disabled, this.events);
     this.manager = manager;
 
     const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...(this.otlp?.metrics() ?? [])];
@@ -64,7 +66,8 @@ export class Agent {
       this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
     }
     const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...(this.otlp?.families ?? [])], collect);
-    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states() });
+    const service = new AgentService({ manager, identity, collect, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined });
+    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service, events: this.events });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
     await manager.start();
@@ -92,18 +95,13 @@ export class Agent {
     this.nodeName = nodeName;
     const log = this.log.child({ component: 'kubernetes' });
     const kc = loadKubeConfig(kubernetes.kubeconfig);
-    this.pods = new PodWatcher({ kc, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log });
+    this.pods = new PodWatcher({ kc, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log, events: this.events });
     const nodes = kubernetes.nodePeers ? nodeAddressInformer(kc, log) : undefined;
     const clusterPods = kubernetes.clusterPodPeers ? clusterPodInformer(kc, nodeName, log) : undefined;
     this.informers = [nodes, clusterPods].filter((i) => i !== undefined);
     await Promise.all([this.pods.start(), nodes?.start(), clusterPods?.start()]);
     log.info({ nodeName, pods: this.pods.size, apiUp: this.pods.apiUp, nodes: nodes?.records.size, clusterPods: clusterPods?.records.size }, 'watching the pods of this node');
     return new KubernetesIdentity(cgroups, netns, this.pods, nodes, clusterPods);
-  }
-
-  private enabled(name: string): boolean {
-    const section = (this.config.collectors as Record<string, { enabled: boolean } | undefined>)[name];
-    return section?.enabled ?? true;
   }
 
   /** bpffs and tracefs are mounted when missing, so a bare container or host works; failures only limit what needs them. */

@@ -1,10 +1,12 @@
 #!/usr/bin/env node
-// probepilot: the agent (`probepilot agent`) and, as they land, its client commands.
+// probepilot: the agent (`probepilot agent`) and the commands an operator
+// runs against it (status, flows, collectors), which talk to its REST API.
 import { Command, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
-import { Agent } from './agent.js';
 import { agentVersion } from './version.js';
+import { AgentClient, AgentRequestError, defaultAgentUrl, renderCollectors, renderFlows, renderStatus } from './client.js';
+import type { AgentStatus, CollectorStatus, FlowsResult } from './api/service.js';
 
 const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
 
@@ -21,6 +23,8 @@ program
     const configFile = options.config ?? process.env.PROBEPILOT_CONFIG;
     const config = resolveConfig({ file: configFile ? readConfigFile(configFile) : undefined, env: process.env, flags });
     const log = createLogger(config.logLevel);
+    // Loaded here: the client commands start fast without the agent's modules (BPF, OpenTelemetry, Kubernetes).
+    const { Agent } = await import('./agent.js');
     const agent = new Agent(config, log);
     let stopping = false;
     const shutdown = (signal: string): void => {
@@ -51,10 +55,69 @@ program
     }
   });
 
+type Output = 'table' | 'json' | 'wide';
+
+/** The options every client command takes. */
+function clientCommand(name: string, description: string, outputs: readonly Output[]): Command {
+  return program
+    .command(name)
+    .description(description)
+    .addOption(new Option('--agent <url>', 'the agent\'s HTTP address (env PROBEPILOT_AGENT)').default(process.env.PROBEPILOT_AGENT ?? defaultAgentUrl))
+    .addOption(new Option('-o, --output <format>', 'output format').choices(outputs).default('table'));
+}
+
+function print(output: Output, json: unknown, text: () => string): void {
+  process.stdout.write(output === 'json' ? `${JSON.stringify(json, null, 2)}\n` : text());
+}
+
+clientCommand('status', 'the agent\'s version, mode, kernel and every collector (wide: the interfaces and their attach modes)', ['table', 'json', 'wide']).action(
+  async (options: { agent: string; output: Output }) => {
+    const status = await new AgentClient(options.agent).request<AgentStatus>('GET', '/api/v1/status');
+    print(options.output, status, () => renderStatus(status, options.output === 'wide'));
+  },
+);
+
+clientCommand('flows', 'top flows per workload and peer (or protocol) with rates, from the counters /metrics exports', ['table', 'json', 'wide'])
+  .option('--namespace <namespace>', 'only this namespace')
+  .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode)')
+  .option('--peer <peer>', 'only this peer: workload, namespace/workload or class (host, node, world, …)')
+  .addOption(new Option('--direction <direction>', 'only this direction').choices(['ingress', 'egress']))
+  .addOption(new Option('--view <view>', 'split by peer or by protocol').choices(['peer', 'protocol']).default('peer'))
+  .addOption(new Option('--protocol <protocol>', 'only this protocol (view protocol)').choices(['tcp', 'udp', 'icmp', 'other']))
+  .addOption(new Option('--sort <field>', 'order by').choices(['bytes', 'packets']).default('bytes'))
+  .option('--top <n>', 'how many', '20')
+  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; peer?: string; direction?: string; view: string; protocol?: string; sort: string; top: string }) => {
+    const query = new URLSearchParams({ view: options.view, sort: options.sort, limit: options.top });
+    for (const key of ['namespace', 'pod', 'peer', 'direction', 'protocol'] as const) {
+      const value = options[key];
+      if (value !== undefined) query.set(key, value);
+    }
+    const flows = await new AgentClient(options.agent).request<FlowsResult>('GET', `/api/v1/flows?${query}`);
+    print(options.output, flows, () => renderFlows(flows, options.output === 'wide'));
+  });
+
+clientCommand('collectors', 'list the collectors, or enable/disable one at run time (disable detaches its programs)', ['table', 'json'])
+  .argument('[action]', 'enable or disable')
+  .argument('[name]', 'the collector')
+  .action(async (action: string | undefined, name: string | undefined, options: { agent: string; output: Output }) => {
+    const client = new AgentClient(options.agent);
+    if (action === undefined) {
+      const collectors = await client.request<CollectorStatus[]>('GET', '/api/v1/collectors');
+      print(options.output, collectors, () => renderCollectors(collectors));
+      return;
+    }
+    if ((action !== 'enable' && action !== 'disable') || name === undefined) {
+      throw new AgentRequestError('usage: probepilot collectors [enable|disable NAME]');
+    }
+    const state = await client.request<CollectorStatus>('PUT', `/api/v1/collectors/${encodeURIComponent(name)}`, { enabled: action === 'enable' });
+    print(options.output, state, () => renderCollectors([state]));
+  });
+
 program.parseAsync().catch((err: unknown) => {
-  if (err instanceof ConfigError) {
+  // 2: the configuration is wrong; 1: the agent could not do what was asked.
+  if (err instanceof ConfigError || err instanceof AgentRequestError) {
     process.stderr.write(`probepilot: ${err.message}\n`);
-    process.exit(2);
+    process.exit(err instanceof ConfigError ? 2 : 1);
   }
   throw err;
 });

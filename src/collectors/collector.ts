@@ -5,12 +5,15 @@ import type { AgentConfig } from '../config.js';
 import type { NativeAddon, ProgramInfo } from '../bpf/addon.js';
 import type { FamilyDescriptor, MetricFamily } from '../metrics/model.js';
 import type { Identity } from '../identity/identity.js';
+import type { AgentEvents } from '../api/events.js';
 
 export interface CollectorContext {
   config: AgentConfig;
   log: Logger;
   addon: NativeAddon;
   identity: Identity;
+  /** Where a collector reports what changes on the node (interfaces attached, …); none in tests that do not look. */
+  events?: AgentEvents;
 }
 
 /** A collector that cannot run here (missing kernel feature, capability, library). */
@@ -40,6 +43,8 @@ export interface Collector {
   /** As of the last collect(). */
   health(): CollectorHealth;
   programs(): ProgramInfo[];
-  /** Detaches everything; safe to call twice. */
+  /** Detaches everything; safe to call twice. A stopped collector is not started again: the agent makes a new one. */
   stop(): Promise<void>;
+  /** Collector-specific state for the status API (e.g. the network collector's interfaces and attach modes). */
+  describe?(): Record<string, unknown>;
 }

@@ -10,6 +10,16 @@ import { schedCollector } from './sched.js';
 import { syscallsCollector } from './syscalls.js';
 import { tcpCollector } from './tcp.js';
 
-export function createCollectors(ctx: CollectorContext): Collector[] {
-  return [new NetworkCollector(ctx), schedCollector(ctx), syscallsCollector(ctx), tcpCollector(ctx), blockCollector(ctx), dropsCollector(ctx), processCollector(ctx), new GpuCollector(ctx)];
+/** One factory per collector: a collector disabled at run time and enabled again is a new instance. */
+export function collectorFactories(ctx: CollectorContext): Array<() => Collector> {
+  return [
+    () => new NetworkCollector(ctx),
+    () => schedCollector(ctx),
+    () => syscallsCollector(ctx),
+    () => tcpCollector(ctx),
+    () => blockCollector(ctx),
+    () => dropsCollector(ctx),
+    () => processCollector(ctx),
+    () => new GpuCollector(ctx),
+  ];
 }

@@ -4,6 +4,7 @@
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import type { FamilyDescriptor, MetricFamily, ScalarSample } from '../metrics/model.js';
+import type { AgentEvents } from '../api/events.js';
 import { CollectorUnavailableError, type Collector } from './collector.js';
 
 export interface CollectorState {
@@ -14,6 +15,19 @@ export interface CollectorState {
   reason: string;
   lastCollectSeconds: number;
   collectErrors: number;
+  /** Samples of its families at the last collection (histogram buckets not counted). */
+  series: number;
+}
+
+/** A name the agent has no collector for; lists the ones it has. */
+export class UnknownCollectorError extends Error {
+  constructor(
+    readonly collector: string,
+    readonly known: readonly string[],
+  ) {
+    super(`no collector named ${JSON.stringify(collector)}; the collectors are ${known.join(', ')}`);
+    this.name = 'UnknownCollectorError';
+  }
 }
 
 const selfFamilies = {
@@ -69,29 +83,75 @@ const selfFamilies = {
 
 interface Entry {
   collector: Collector;
+  create: () => Collector;
   state: CollectorState;
+  /** Serializes enable/disable of this collector. */
+  change: Promise<unknown>;
 }
 
 export class CollectorManager {
   private readonly entries: Entry[];
 
   constructor(
-    collectors: readonly Collector[],
+    factories: ReadonlyArray<() => Collector>,
     private readonly log: Logger,
     private readonly bpfStatsEnabled: boolean,
     disabled: ReadonlySet<string> = new Set(),
+    private readonly events?: AgentEvents,
   ) {
-    this.entries = collectors.map((collector) => ({
-      collector,
-      state: {
-        name: collector.name,
-        enabled: !disabled.has(collector.name),
-        up: false,
-        reason: disabled.has(collector.name) ? 'disabled in config' : 'not started',
-        lastCollectSeconds: 0,
-        collectErrors: 0,
-      },
-    }));
+    this.entries = factories.map((create) => {
+      const collector = create();
+      return {
+        collector,
+        create,
+        change: Promise.resolve(),
+        state: {
+          name: collector.name,
+          enabled: !disabled.has(collector.name),
+          up: false,
+          reason: disabled.has(collector.name) ? 'disabled in config' : 'not started',
+          lastCollectSeconds: 0,
+          collectErrors: 0,
+          series: 0,
+        },
+      };
+    });
+  }
+
+  /** The live collector of that name (for its programs and details), or undefined. */
+  collector(name: string): Collector | undefined {
+    return this.entries.find((e) => e.state.name === name)?.collector;
+  }
+
+  /**
+   * Attaches (a fresh instance) or detaches a collector at run time. Its
+   * series leave /metrics while it is disabled; its counters start over when
+   * it is enabled again (Prometheus sees a counter reset).
+   */
+  setEnabled(name: string, enabled: boolean): Promise<CollectorState> {
+    const entry = this.entries.find((e) => e.state.name === name);
+    if (!entry) return Promise.reject(new UnknownCollectorError(name, this.entries.map((e) => e.state.name)));
+    const run = entry.change.then(async () => {
+      if (entry.state.enabled === enabled) return { ...entry.state };
+      if (enabled) {
+        entry.collector = entry.create();
+        entry.state.enabled = true;
+        await this.startOne(entry);
+      } else {
+        await this.stopOne(entry, 'disabled through the API');
+        entry.state.enabled = false;
+        entry.state.series = 0;
+        this.publish(entry);
+      }
+      this.log.info({ collector: name, enabled, up: entry.state.up, reason: entry.state.reason }, enabled ? 'collector enabled' : 'collector disabled');
+      return { ...entry.state };
+    });
+    entry.change = run.catch(() => undefined);
+    return run;
+  }
+
+  private publish({ state }: Entry): void {
+    this.events?.publish({ type: 'collector', collector: state.name, enabled: state.enabled, up: state.up, reason: state.reason });
   }
 
   descriptors(): FamilyDescriptor[] {
@@ -106,7 +166,8 @@ export class CollectorManager {
     await Promise.all(this.entries.filter((e) => e.state.enabled).map((e) => this.startOne(e)));
   }
 
-  private async startOne({ collector, state }: Entry): Promise<void> {
+  private async startOne(entry: Entry): Promise<void> {
+    const { collector, state } = entry;
     try {
       await collector.start();
       state.up = true;
@@ -117,20 +178,21 @@ export class CollectorManager {
       state.reason = err instanceof CollectorUnavailableError ? err.reason : `start failed: ${describeError(err)}`;
       this.log.error({ collector: collector.name, reason: state.reason }, 'collector unavailable; the others keep running');
     }
+    this.publish(entry);
+  }
+
+  private async stopOne({ collector, state }: Entry, reason: string): Promise<void> {
+    try {
+      await collector.stop();
+    } catch (err) {
+      this.log.warn({ collector: collector.name, err: describeError(err) }, 'collector stop failed');
+    }
+    state.up = false;
+    state.reason = reason;
   }
 
   async stop(): Promise<void> {
-    await Promise.all(
-      this.entries.map(async ({ collector, state }) => {
-        try {
-          await collector.stop();
-        } catch (err) {
-          this.log.warn({ collector: collector.name, err: describeError(err) }, 'collector stop failed');
-        }
-        state.up = false;
-        state.reason = 'stopped';
-      }),
-    );
+    await Promise.all(this.entries.map((entry) => this.stopOne(entry, 'stopped')));
   }
 
   /** One collection of every running collector plus the self-metrics. */
@@ -143,7 +205,9 @@ export class CollectorManager {
   private async collectOne({ collector, state }: Entry): Promise<MetricFamily[]> {
     const started = process.hrtime.bigint();
     try {
-      return await collector.collect();
+      const families = await collector.collect();
+      state.series = families.reduce((n, f) => n + f.samples.length, 0);
+      return families;
     } catch (err) {
       state.collectErrors++;
       this.log.warn({ collector: collector.name, err: describeError(err) }, 'collection failed');

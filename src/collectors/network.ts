@@ -160,6 +160,19 @@ export class NetworkCollector implements Collector {
     return this.object?.programs() ?? [];
   }
 
+  describe(): Record<string, unknown> {
+    return {
+      interfaces: [...this.interfaces.values()].map((i) => ({
+        name: i.name,
+        ifindex: i.ifindex,
+        mode: i.attachments[0]?.mode ?? null,
+        // peer-workload: a veth whose far end is a workload; socket: a node interface, attributed per socket.
+        attribution: i.attribution === Attribution.peerWorkload ? 'peer-workload' : 'socket',
+        workload: i.workload ?? null,
+      })),
+    };
+  }
+
   health(): CollectorHealth {
     return this.lastHealth;
   }
@@ -307,6 +320,7 @@ export class NetworkCollector implements Collector {
       object.deleteKeys('net_ifaces', encodeIfindex(iface.ifindex));
       this.interfaces.delete(iface.ifindex);
       this.log.info({ interface: iface.name, ifindex: iface.ifindex, reason: link ? 'no longer matched' : 'removed' }, 'detached from interface');
+      this.ctx.events?.publish({ type: 'interface', action: 'detached', interface: iface.name, ifindex: iface.ifindex, mode: iface.attachments[0]?.mode ?? null, workload: iface.workload ?? null });
     }
     for (const link of links) {
       if (!this.interfaces.has(link.ifindex) && this.wanted(link.name)) this.attach(object, link);
@@ -361,10 +375,9 @@ export class NetworkCollector implements Collector {
       return;
     }
     this.interfaces.set(link.ifindex, iface);
-    this.log.info(
-      { interface: link.name, ifindex: link.ifindex, mode: iface.attachments[0]?.mode, workload: iface.workload ?? null, kind: link.kind || null },
-      'attached to interface',
-    );
+    const mode = iface.attachments[0]?.mode ?? null;
+    this.log.info({ interface: link.name, ifindex: link.ifindex, mode, workload: iface.workload ?? null, kind: link.kind || null }, 'attached to interface');
+    this.ctx.events?.publish({ type: 'interface', action: 'attached', interface: link.name, ifindex: link.ifindex, mode, workload: iface.workload ?? null });
   }
 
   private attachTc(object: BpfObject, ifindex: number, direction: TcDirection): TcAttachment {

@@ -33,6 +33,8 @@ export interface Identity {
   labelsFor(cgroupPath: string | undefined, scope: IdentityScope): Labels;
   /** Pods by IP address (text) and node addresses, for the peer side of traffic; the same object until something changes. Empty in standalone mode. */
   peers(): Peers;
+  /** Sizes of what the identity keeps (pods known, label cache, …), for the status API. */
+  describe(): Record<string, number>;
   /** What the identity source reports about itself (e.g. whether the API server answers). */
   readonly families: readonly FamilyDescriptor[];
   metrics(): MetricFamily[];
@@ -68,6 +70,10 @@ export class StandaloneIdentity implements Identity {
   /** Standalone mode knows no pods; peers fall into their classes (host, world, configured CIDRs). */
   peers(): Peers {
     return this.noPeers;
+  }
+
+  describe(): Record<string, number> {
+    return { labelCache: this.cache.size };
   }
 
   metrics(): MetricFamily[] {

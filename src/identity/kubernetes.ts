@@ -14,6 +14,7 @@ import type { Identity, IdentityScope, PeerPod, Peers } from './identity.js';
 import { parseKubeletCgroup, runtimeContainerId } from './kubelet.js';
 import type { NetnsWorkloads } from './netns.js';
 import { SlimInformer } from './slim-informer.js';
+import type { AgentEvents } from '../api/events.js';
 
 export interface PodInfo {
   namespace: string;
@@ -46,6 +47,8 @@ export function loadKubeConfig(kubeconfig: string): KubeConfig {
 export interface PodWatcherOptions {
   kc: KubeConfig;
   nodeName: string;
+  /** Pods appearing and going away are published here. */
+  events?: AgentEvents;
   /** A watch can go silent without an error: list again this often. */
   relistIntervalMs: number;
   log: Logger;
@@ -150,10 +153,11 @@ export class PodWatcher {
       return;
     }
     const listed = new Set(list.items.map((pod) => pod.metadata?.uid));
-    for (const uid of [...this.pods.keys()]) {
+    for (const [uid, pod] of [...this.pods]) {
       if (!listed.has(uid)) {
         this.pods.delete(uid);
         this.generation++;
+        this.publish('deleted', pod);
       }
     }
     await Promise.all(list.items.map((pod) => this.upsert(pod, false)));
@@ -174,12 +178,23 @@ export class PodWatcher {
     // Deleted while its owner was looked up: it must not come back.
     if (fromWatch && this.listWatch.get(name, namespace)?.metadata?.uid !== uid) return;
     const ips = pod.spec?.hostNetwork ? [] : (pod.status?.podIPs?.map((a) => a.ip) ?? (pod.status?.podIP ? [pod.status.podIP] : []));
-    this.pods.set(uid, { namespace, name, workload: owner.name, workloadKind: owner.kind, containers, ips });
+    const info = { namespace, name, workload: owner.name, workloadKind: owner.kind, containers, ips };
+    const known = this.pods.has(uid);
+    this.pods.set(uid, info);
     this.generation++;
+    if (!known) this.publish('added', info);
   }
 
   private remove(pod: V1Pod): void {
-    if (pod.metadata?.uid && this.pods.delete(pod.metadata.uid)) this.generation++;
+    const info = pod.metadata?.uid ? this.pods.get(pod.metadata.uid) : undefined;
+    if (!info || !pod.metadata?.uid) return;
+    this.pods.delete(pod.metadata.uid);
+    this.generation++;
+    this.publish('deleted', info);
+  }
+
+  private publish(action: 'added' | 'deleted', pod: PodInfo): void {
+    this.options.events?.publish({ type: 'pod', action, namespace: pod.namespace, pod: pod.name });
   }
 
   /** The top controller: a Deployment behind a ReplicaSet, a CronJob behind a Job; a bare pod is its own workload. */
@@ -368,6 +383,16 @@ export class KubernetesIdentity implements Identity {
       this.peersGeneration = generation;
     }
     return this.peerSet;
+  }
+
+  describe(): Record<string, number> {
+    return {
+      pods: this.pods.size,
+      ...(this.clusterPods ? { clusterPods: this.clusterPods.records.size } : {}),
+      ...(this.nodes ? { nodes: this.nodes.records.size } : {}),
+      peerAddresses: this.peers().pods.size + this.peers().nodes.size,
+      labelCache: this.cache.size,
+    };
   }
 
   readonly families: readonly FamilyDescriptor[] = [apiUpFamily];

@@ -1,0 +1,277 @@
+// The REST API (/api/v1) over the service layer. Every route is declared once
+// with its JSON schemas: fastify validates inputs with them and
+// /api/v1/openapi.json is built from them. Errors are JSON {error, message};
+// bad input is a 4xx, never a 5xx.
+import type { FastifyInstance, FastifyReply, FastifyRequest, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
+import type { Logger } from '../log.js';
+import { UnknownCollectorError } from '../collectors/manager.js';
+import { agentVersion } from '../version.js';
+import type { AgentEvents, TimedEvent } from './events.js';
+import type { AgentService, FlowQuery } from './service.js';
+
+type JsonSchema = Record<string, unknown>;
+
+interface Route {
+  method: 'GET' | 'PUT' | 'POST';
+  /** fastify syntax (:name). */
+  url: string;
+  summary: string;
+  querystring?: JsonSchema;
+  params?: JsonSchema;
+  body?: JsonSchema;
+  /** Schema of the 200 answer; text/event-stream routes have none. */
+  response?: JsonSchema;
+  eventStream?: boolean;
+  handler: (request: FastifyRequest, reply: FastifyReply) => Promise<unknown>;
+}
+
+const errorSchema: JsonSchema = {
+  type: 'object',
+  required: ['error', 'message'],
+  properties: { error: { type: 'string' }, message: { type: 'string' } },
+};
+
+const programSchema: JsonSchema = {
+  type: 'object',
+  properties: { name: { type: 'string' }, id: { type: 'number', description: 'Kernel program id (bpftool prog show id N).' }, runCount: { type: 'number' }, runTimeSeconds: { type: 'number' } },
+};
+
+const collectorSchema: JsonSchema = {
+  type: 'object',
+  required: ['name', 'enabled', 'up', 'reason'],
+  properties: {
+    name: { type: 'string' },
+    enabled: { type: 'boolean' },
+    up: { type: 'boolean' },
+    reason: { type: 'string', description: 'Why it is not up; empty when it is.' },
+    lastCollectSeconds: { type: 'number' },
+    collectErrors: { type: 'number' },
+    series: { type: 'number', description: 'Samples of its families at the last collection.' },
+    programs: { type: 'array', items: programSchema, description: 'Run counts and times need bpfStats.' },
+    details: { type: 'object', additionalProperties: true, description: 'Collector-specific: the network collector lists its interfaces and attach modes (tcx, clsact).' },
+  },
+};
+
+const statusSchema: JsonSchema = {
+  type: 'object',
+  properties: {
+    version: { type: 'string' },
+    node: { type: 'string' },
+    mode: { type: 'string', enum: ['standalone', 'kubernetes'] },
+    kernel: { type: 'string' },
+    btf: { type: 'boolean' },
+    bpfStats: { type: 'boolean' },
+    uptimeSeconds: { type: 'number' },
+    collectors: { type: 'array', items: collectorSchema },
+    identity: { type: 'object', additionalProperties: { type: 'number' } },
+  },
+};
+
+const labels: JsonSchema = { type: 'object', additionalProperties: { type: 'string' } };
+const nullableNumber: JsonSchema = { type: ['number', 'null'] };
+const flowsSchema: JsonSchema = {
+  type: 'object',
+  properties: {
+    view: { type: 'string' },
+    total: { type: 'number' },
+    intervalSeconds: nullableNumber,
+    flows: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          workload: labels,
+          direction: { type: 'string' },
+          peer: labels,
+          protocol: { type: 'string' },
+          bytes: { type: 'number' },
+          packets: { type: 'number' },
+          bytesPerSecond: nullableNumber,
+          packetsPerSecond: nullableNumber,
+        },
+      },
+    },
+  },
+};
+
+/** Printable text: names, paths and classes never contain control characters. */
+const printable = '^[^\\u0000-\\u001f\\u007f]+$';
+const name: JsonSchema = { type: 'string', minLength: 1, maxLength: 253, pattern: printable };
+
+/** The agent's fastify instance (its logger is the agent's pino logger). */
+type AgentApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, Logger>;
+
+export function registerApi(app: AgentApp, service: AgentService, events: AgentEvents): void {
+  // Open event streams never end by themselves: closing the server ends them.
+  const streams = new Set<() => void>();
+  app.addHook('preClose', async () => {
+    for (const end of streams) end();
+  });
+  const routes: Route[] = [
+    {
+      method: 'GET',
+      url: '/api/v1/status',
+      summary: 'Version, node, mode, kernel, and every collector with its state, programs and series',
+      response: statusSchema,
+      handler: async () => service.status(),
+    },
+    {
+      method: 'GET',
+      url: '/api/v1/collectors',
+      summary: 'Every collector with its state',
+      response: { type: 'array', items: collectorSchema },
+      handler: async () => service.collectors(),
+    },
+    {
+      method: 'PUT',
+      url: '/api/v1/collectors/:name',
+      summary: 'Enable (attach) or disable (detach, series removed) a collector at run time',
+      params: { type: 'object', required: ['name'], properties: { name } },
+      body: { type: 'object', required: ['enabled'], additionalProperties: false, properties: { enabled: { type: 'boolean' } } },
+      response: collectorSchema,
+      handler: async (request) => {
+        const { name: collector } = request.params as { name: string };
+        const { enabled } = request.body as { enabled: boolean };
+        return service.setCollectorEnabled(collector, enabled);
+      },
+    },
+    {
+      method: 'GET',
+      url: '/api/v1/flows',
+      summary: 'Top flows from the counters /metrics exports: per workload and peer (view=peer) or protocol (view=protocol), with rates',
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          view: { type: 'string', enum: ['peer', 'protocol'], default: 'peer' },
+          namespace: name,
+          pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' },
+          peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printable, description: 'A peer workload (or pod), namespace/name, or peer class.' },
+          protocol: { type: 'string', enum: ['tcp', 'udp', 'icmp', 'other'], description: 'view=protocol only.' },
+          direction: { type: 'string', enum: ['ingress', 'egress'] },
+          sort: { type: 'string', enum: ['bytes', 'packets'], default: 'bytes' },
+          limit: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
+        },
+      },
+      response: flowsSchema,
+      handler: async (request, reply) => {
+        const query = request.query as FlowQuery;
+        // The schema's coercion reads "1e400" as a number; only a plain integer in range is a limit.
+        if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > 10000) {
+          return reply.code(400).send({ error: 'bad_request', message: 'querystring/limit must be an integer from 1 to 10000' });
+        }
+        if (query.view === 'peer' && query.protocol !== undefined) {
+          return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });
+        }
+        if (query.view === 'protocol' && query.peer !== undefined) {
+          return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
+        }
+        return service.flows(query);
+      },
+    },
+    {
+      method: 'GET',
+      url: '/api/v1/events',
+      summary: 'Server-Sent Events: collector state changes, interfaces attached and detached, pods appearing and going away',
+      eventStream: true,
+      handler: async (request, reply) => {
+        reply.hijack();
+        const res = reply.raw;
+        res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
+        res.write(': probepilot events\n\n');
+        const send = (event: TimedEvent) => res.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
+        const unsubscribe = events.subscribe(send);
+        // Proxies close idle streams: a comment now and then keeps it open.
+        const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+        const end = (): void => {
+          clearInterval(heartbeat);
+          unsubscribe();
+          streams.delete(end);
+          res.end();
+        };
+        streams.add(end);
+        request.raw.on('close', end);
+      },
+    },
+  ];
+
+  // The document describes itself too.
+  let openapi: JsonSchema = {};
+  routes.push({ method: 'GET', url: '/api/v1/openapi.json', summary: 'This document', handler: async () => openapi });
+  openapi = openApiDocument(routes);
+
+  for (const route of routes) {
+    app.route({
+      method: route.method,
+      url: route.url,
+      schema: {
+        ...(route.querystring ? { querystring: route.querystring } : {}),
+        ...(route.params ? { params: route.params } : {}),
+        ...(route.body ? { body: route.body } : {}),
+      },
+      handler: route.handler,
+    });
+  }
+
+  app.setNotFoundHandler((request, reply) => reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` }));
+  app.setErrorHandler((err: Error & { validation?: ValidationIssue[]; validationContext?: string; statusCode?: number }, request, reply) => {
+    if (err instanceof UnknownCollectorError) return reply.code(404).send({ error: 'unknown_collector', message: err.message });
+    if (err.validation) return reply.code(400).send({ error: 'bad_request', message: describeValidation(err.validationContext ?? 'request', err.validation) });
+    if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return reply.code(err.statusCode).send({ error: 'bad_request', message: err.message });
+    request.log.error({ err }, 'request failed');
+    return reply.code(500).send({ error: 'internal', message: err.message });
+  });
+}
+
+interface ValidationIssue {
+  instancePath: string;
+  message?: string;
+  params: { additionalProperty?: string; allowedValues?: unknown[]; missingProperty?: string };
+}
+
+/** "querystring/sort must be equal to one of the allowed values: bytes, packets": the key and what it may be. */
+function describeValidation(context: string, issues: readonly ValidationIssue[]): string {
+  return issues
+    .map(({ instancePath, message, params }) => {
+      const where = `${context}${instancePath}`;
+      if (params.additionalProperty !== undefined) return `${where}: unknown key "${params.additionalProperty}"`;
+      if (params.allowedValues) return `${where} must be one of: ${params.allowedValues.join(', ')}`;
+      if (params.missingProperty !== undefined) return `${where}: "${params.missingProperty}" is required`;
+      return `${where} ${message ?? 'is invalid'}`;
+    })
+    .join('; ');
+}
+
+function openApiDocument(routes: readonly Route[]): JsonSchema {
+  const paths: Record<string, Record<string, JsonSchema>> = {};
+  for (const route of routes) {
+    const path = route.url.replace(/:([A-Za-z]+)/g, '{$1}');
+    const parameters = [
+      ...Object.entries((route.params?.properties as Record<string, JsonSchema> | undefined) ?? {}).map(([n, schema]) => ({ name: n, in: 'path', required: true, schema })),
+      ...Object.entries((route.querystring?.properties as Record<string, JsonSchema> | undefined) ?? {}).map(([n, schema]) => ({
+        name: n,
+        in: 'query',
+        required: false,
+        ...(schema.description ? { description: schema.description } : {}),
+        schema,
+      })),
+    ];
+    const ok = route.eventStream
+      ? { description: 'An event stream', content: { 'text/event-stream': { schema: { type: 'string' } } } }
+      : { description: 'OK', content: { 'application/json': { schema: route.response ?? { type: 'object' } } } };
+    const failure = { content: { 'application/json': { schema: { $ref: '#/components/schemas/Error' } } } };
+    paths[path] ??= {};
+    paths[path][route.method.toLowerCase()] = {
+      summary: route.summary,
+      ...(parameters.length ? { parameters } : {}),
+      ...(route.body ? { requestBody: { required: true, content: { 'application/json': { schema: route.body } } } } : {}),
+      responses: { 200: ok, 400: { description: 'Invalid input', ...failure }, 404: { description: 'No such route or collector', ...failure } },
+    };
+  }
+  return {
+    openapi: '3.1.0',
+    info: { title: 'ProbePilot agent API', version: agentVersion },
+    paths,
+    components: { schemas: { Error: errorSchema } },
+  };
+}

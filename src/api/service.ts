@@ -1,0 +1,210 @@
+// The agent's operations, once, for every transport (REST now; gRPC and the
+// CLI through REST): status, the collectors' lifecycle, and flows read from
+// the same counters /metrics exports.
+import { existsSync } from 'node:fs';
+import os from 'node:os';
+import type { CollectorManager, CollectorState } from '../collectors/manager.js';
+import type { Identity } from '../identity/identity.js';
+import type { MetricFamily, ScalarSample } from '../metrics/model.js';
+import { agentVersion } from '../version.js';
+
+export interface ProgramStatus {
+  name: string;
+  /** Kernel program id, as bpftool shows it. */
+  id: number;
+  runCount: number;
+  runTimeSeconds: number;
+}
+
+export interface CollectorStatus extends CollectorState {
+  programs: ProgramStatus[];
+  details?: Record<string, unknown>;
+}
+
+export interface AgentStatus {
+  version: string;
+  node: string;
+  mode: Identity['mode'];
+  kernel: string;
+  btf: boolean;
+  bpfStats: boolean;
+  uptimeSeconds: number;
+  collectors: CollectorStatus[];
+  identity: Record<string, number>;
+}
+
+export type FlowView = 'peer' | 'protocol';
+
+export interface FlowQuery {
+  /** peer: the peer matrix (who talks to whom); protocol: traffic by protocol. */
+  view: FlowView;
+  namespace?: string;
+  pod?: string;
+  /** A peer's workload (or pod), namespace/name, or class (pod, host, node, world, a CIDR name). */
+  peer?: string;
+  protocol?: string;
+  direction?: 'ingress' | 'egress';
+  sort: 'bytes' | 'packets';
+  limit: number;
+}
+
+export interface FlowEntry {
+  /** The workload's identity labels (namespace, pod, workload, workload_kind; or cgroup in standalone mode). */
+  workload: Record<string, string>;
+  direction: string;
+  /** view=peer: peer_namespace, peer_workload (or peer_pod), peer_class. */
+  peer?: Record<string, string>;
+  /** view=protocol. */
+  protocol?: string;
+  bytes: number;
+  packets: number;
+  /** Over the interval since an earlier query at least a second ago; null for the first. */
+  bytesPerSecond: number | null;
+  packetsPerSecond: number | null;
+}
+
+export interface FlowsResult {
+  view: FlowView;
+  /** Matching flows before the limit. */
+  total: number;
+  /** The interval rates are over; null when there is no earlier snapshot yet. */
+  intervalSeconds: number | null;
+  flows: FlowEntry[];
+}
+
+const families: Record<FlowView, { bytes: string; packets: string }> = {
+  peer: { bytes: 'probepilot_network_flow_bytes_total', packets: 'probepilot_network_flow_packets_total' },
+  protocol: { bytes: 'probepilot_network_bytes_total', packets: 'probepilot_network_packets_total' },
+};
+
+interface Snapshot {
+  at: number;
+  values: Map<string, { bytes: number; packets: number }>;
+}
+
+export interface AgentServiceDeps {
+  manager: CollectorManager;
+  identity: Identity;
+  collect: () => Promise<MetricFamily[]>;
+  nodeName: string;
+  bpfStats: boolean;
+}
+
+/** Labels of a sample as a stable key. */
+function keyOf(labels: Record<string, string>): string {
+  return JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
+}
+
+/** Rates are over at least this long, against the newest snapshot at least this old. */
+const minRateIntervalMs = 1000;
+/** Queries closer together than this share a snapshot: a burst of queries keeps a handful, not one each. */
+const snapshotSpacingMs = 250;
+
+export class AgentService {
+  /** Per view, oldest first: recent snapshots, so every query finds one at least a second old. */
+  private readonly snapshots = new Map<FlowView, Snapshot[]>();
+
+  constructor(private readonly deps: AgentServiceDeps) {}
+
+  collectorNames(): string[] {
+    return this.deps.manager.states().map((s) => s.name);
+  }
+
+  status(): AgentStatus {
+    const { manager, identity } = this.deps;
+    return {
+      version: agentVersion,
+      node: this.deps.nodeName,
+      mode: identity.mode,
+      kernel: os.release(),
+      btf: existsSync('/sys/kernel/btf/vmlinux'),
+      bpfStats: this.deps.bpfStats,
+      uptimeSeconds: Math.round(process.uptime()),
+      collectors: manager.states().map((state) => this.collectorStatus(state)),
+      identity: identity.describe(),
+    };
+  }
+
+  collectors(): CollectorStatus[] {
+    return this.deps.manager.states().map((state) => this.collectorStatus(state));
+  }
+
+  /** Throws UnknownCollectorError for a name the agent has no collector for. */
+  async setCollectorEnabled(name: string, enabled: boolean): Promise<CollectorStatus> {
+    return this.collectorStatus(await this.deps.manager.setEnabled(name, enabled));
+  }
+
+  private collectorStatus(state: CollectorState): CollectorStatus {
+    const collector = state.up ? this.deps.manager.collector(state.name) : undefined;
+    const programs = (collector?.programs() ?? []).map((p) => ({ name: p.name, id: p.id, runCount: p.runCount, runTimeSeconds: p.runTimeNs / 1e9 }));
+    const details = collector?.describe?.();
+    return { ...state, programs, ...(details ? { details } : {}) };
+  }
+
+  async flows(query: FlowQuery): Promise<FlowsResult> {
+    const collected = await this.deps.collect();
+    const at = Date.now();
+    const names = families[query.view];
+    const byName = new Map(collected.map((f) => [f.name, f]));
+    const samples = (name: string): ScalarSample[] => {
+      const family = byName.get(name);
+      return family && family.type !== 'histogram' ? family.samples : [];
+    };
+    const identityNames = new Set(this.deps.identity.labelNames('pod'));
+    identityNames.add('cgroup');
+    const entries = new Map<string, { labels: Record<string, string>; bytes: number; packets: number }>();
+    for (const [field, name] of [['bytes', names.bytes], ['packets', names.packets]] as const) {
+      for (const sample of samples(name)) {
+        const key = keyOf(sample.labels);
+        const entry = entries.get(key) ?? { labels: { ...sample.labels }, bytes: 0, packets: 0 };
+        entry[field] += sample.value;
+        entries.set(key, entry);
+      }
+    }
+    const snapshot: Snapshot = { at, values: new Map([...entries].map(([k, e]) => [k, { bytes: e.bytes, packets: e.packets }])) };
+    const kept = this.snapshots.get(query.view) ?? [];
+    const baseline = kept.findLast((s) => at - s.at >= minRateIntervalMs);
+    if (baseline) kept.splice(0, kept.indexOf(baseline));
+    const newest = kept.at(-1);
+    if (!newest || at - newest.at >= snapshotSpacingMs) kept.push(snapshot);
+    this.snapshots.set(query.view, kept);
+    const interval = baseline ? (at - baseline.at) / 1000 : null;
+
+    const flows: FlowEntry[] = [];
+    for (const [key, { labels, bytes, packets }] of entries) {
+      if (!this.matches(labels, query)) continue;
+      const before = baseline?.values.get(key);
+      const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
+      const workload: Record<string, string> = {};
+      const peer: Record<string, string> = {};
+      for (const [name, value] of Object.entries(labels)) {
+        if (identityNames.has(name)) workload[name] = value;
+        else if (name.startsWith('peer_')) peer[name] = value;
+      }
+      flows.push({
+        workload,
+        direction: labels.direction ?? '',
+        ...(query.view === 'peer' ? { peer } : { protocol: labels.protocol ?? '' }),
+        bytes,
+        packets,
+        bytesPerSecond: rate(bytes, before?.bytes),
+        packetsPerSecond: rate(packets, before?.packets),
+      });
+    }
+    flows.sort((a, b) => b[query.sort] - a[query.sort]);
+    return { view: query.view, total: flows.length, intervalSeconds: interval, flows: flows.slice(0, query.limit) };
+  }
+
+  private matches(labels: Record<string, string>, query: FlowQuery): boolean {
+    if (query.namespace !== undefined && labels.namespace !== query.namespace) return false;
+    if (query.pod !== undefined && labels.pod !== query.pod && labels.cgroup !== query.pod) return false;
+    if (query.direction !== undefined && labels.direction !== query.direction) return false;
+    if (query.protocol !== undefined && labels.protocol !== query.protocol) return false;
+    if (query.peer !== undefined) {
+      const peerName = labels.peer_workload ?? labels.peer_pod ?? '';
+      const candidates = [peerName, labels.peer_class, `${labels.peer_namespace ?? ''}/${peerName}`];
+      if (!candidates.includes(query.peer)) return false;
+    }
+    return true;
+  }
+}
