@@ -2,7 +2,8 @@
 // Prometheus exporter and the HTTP server, and takes it all down again.
 import os from 'node:os';
 import { loadAddon, type NativeAddon } from './bpf/addon.js';
-import type { AgentConfig } from './config.js';
+import { ConfigError, type AgentConfig } from './config.js';
+import { appliesLive, changedKeys, effectiveConfig, type ConfigChange } from './reload.js';
 import type { Logger } from './log.js';
 import { describeError } from './errors.js';
 import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js';
@@ -20,6 +21,7 @@ import { agentVersion } from './version.js';
 import { buildServer } from './server.js';
 import { AgentEvents } from './api/events.js';
 import { AgentService } from './api/service.js';
+import { GrpcApi } from './api/grpc.js';
 
 export class Agent {
   private manager: CollectorManager | undefined;
@@ -32,12 +34,47 @@ export class Agent {
   private informers: Array<Pick<SlimInformer<object, unknown>, 'stop'>> = [];
   private otlp: OtlpExporter | undefined;
   private readonly events = new AgentEvents();
+  private grpc: GrpcApi | undefined;
   private nodeName: string | undefined;
 
+  private ctx: CollectorContext | undefined;
+
+  /** `reloadConfig` reads the configuration sources again (file, environment, flags); without it reload is refused. */
   constructor(
-    private readonly config: AgentConfig,
+    private config: AgentConfig,
     private readonly log: Logger,
+    private readonly reloadConfig?: () => AgentConfig,
   ) {}
+
+  /**
+   * Reads the configuration again and applies what a running agent can: the
+   * collectors (enabled, disabled, reconfigured). An invalid configuration
+   * throws (ConfigError) and changes nothing.
+   */
+  async reload(): Promise<ConfigChange> {
+    if (!this.reloadConfig) throw new ConfigError('--config', 'this agent was started without configuration sources to read again');
+    const next = this.reloadConfig();
+    const current = this.config;
+    const changed = changedKeys(current, next);
+    const change: ConfigChange = { applied: changed.filter(appliesLive), restartRequired: changed.filter((k) => !appliesLive(k)) };
+    const effective = effectiveConfig(current, next);
+    const manager = this.manager;
+    const ctx = this.ctx;
+    if (manager && ctx) {
+      // Fresh collector instances read the context: it must hold the new configuration first.
+      ctx.config = effective;
+      const sections = new Set(change.applied.filter((k) => k.startsWith('collectors.')).map((k) => k.split('.')[1]!));
+      for (const name of sections) {
+        const enabled = effective.collectors[name as keyof AgentConfig['collectors']].enabled;
+        const wasEnabled = current.collectors[name as keyof AgentConfig['collectors']].enabled;
+        if (enabled !== wasEnabled) await manager.setEnabled(name, enabled);
+        else if (enabled) await manager.reconfigure(name, effective);
+      }
+    }
+    this.config = effective;
+    this.log.info(change, 'configuration reloaded');
+    return change;
+  }
 
   /** Starts collectors and the server; resolves with the bound address. */
   async start(): Promise<string> {
@@ -57,6 +94,7 @@ export class Agent {
     if (!cgroupRoot) log.warn('no cgroup v2 mount found: workloads fall back to the node (cgroup="/")');
     const identity = await this.createIdentity(new CgroupPaths(cgroupRoot ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
     const ctx: CollectorContext = { config, log, addon, identity, events: this.events };
+    this.ctx = ctx;
     const disabled = new Set(Object.entries(config.collectors).filter(([, section]) => !section.enabled).map(([name]) => name));
     const manager = new CollectorManager(collectorFactories(ctx), log, this.statsHandle !== undefined, disabled, this.events);
     this.manager = manager;
@@ -66,10 +104,15 @@ export class Agent {
       this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
     }
     const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...(this.otlp?.families ?? [])], collect);
-    const service = new AgentService({ manager, identity, collect, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined });
+    const service = new AgentService({ manager, identity, collect, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined, reload: () => this.reload() });
     this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service, events: this.events });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
+    if (config.grpcListen) {
+      this.grpc = new GrpcApi(service, this.events, log.child({ component: 'grpc' }));
+      const port = await this.grpc.listen(config.grpcListen);
+      log.info({ address: `${config.grpcListen.host}:${port}` }, 'gRPC API listening');
+    }
     await manager.start();
     this.ready = true;
     return address;
@@ -77,6 +120,7 @@ export class Agent {
 
   async stop(): Promise<void> {
     this.ready = false;
+    await this.grpc?.close();
     await this.server?.close();
     await this.otlp?.stop();
     await this.manager?.stop();

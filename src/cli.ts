@@ -7,6 +7,7 @@ import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
 import { AgentClient, AgentRequestError, defaultAgentUrl, renderCollectors, renderFlows, renderStatus } from './client.js';
 import type { AgentStatus, CollectorStatus, FlowsResult } from './api/service.js';
+import type { ConfigChange } from './reload.js';
 
 const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
 
@@ -14,18 +15,21 @@ program
   .command('agent')
   .description('run the node agent: attach collectors and serve /metrics')
   .option('--listen <host:port>', 'address of the HTTP server (default 0.0.0.0:9742, env PROBEPILOT_LISTEN)')
+  .option('--grpc-listen <host:port>', 'address of the gRPC API (default: none, env PROBEPILOT_GRPC_LISTEN)')
   .option('--config <file>', 'YAML or JSON config file (env PROBEPILOT_CONFIG)')
   .addOption(new Option('--log-level <level>', 'log level (env PROBEPILOT_LOG_LEVEL)').choices(logLevels))
-  .action(async (options: { listen?: string; config?: string; logLevel?: string }) => {
+  .action(async (options: { listen?: string; grpcListen?: string; config?: string; logLevel?: string }) => {
     const flags: Record<string, string> = {};
     if (options.listen !== undefined) flags.listen = options.listen;
+    if (options.grpcListen !== undefined) flags.grpcListen = options.grpcListen;
     if (options.logLevel !== undefined) flags.logLevel = options.logLevel;
     const configFile = options.config ?? process.env.PROBEPILOT_CONFIG;
-    const config = resolveConfig({ file: configFile ? readConfigFile(configFile) : undefined, env: process.env, flags });
+    const readConfig = () => resolveConfig({ file: configFile ? readConfigFile(configFile) : undefined, env: process.env, flags });
+    const config = readConfig();
     const log = createLogger(config.logLevel);
     // Loaded here: the client commands start fast without the agent's modules (BPF, OpenTelemetry, Kubernetes).
     const { Agent } = await import('./agent.js');
-    const agent = new Agent(config, log);
+    const agent = new Agent(config, log, readConfig);
     let stopping = false;
     const shutdown = (signal: string): void => {
       if (stopping) return;
@@ -41,6 +45,10 @@ program
     };
     process.on('SIGTERM', () => shutdown('SIGTERM'));
     process.on('SIGINT', () => shutdown('SIGINT'));
+    // SIGHUP: read the configuration again, as POST /api/v1/config/reload does.
+    process.on('SIGHUP', () => {
+      agent.reload().catch((err: unknown) => log.error({ err: err instanceof Error ? err.message : String(err) }, 'configuration not reloaded; keeping the current one'));
+    });
     try {
       await agent.start();
     } catch (err) {
@@ -112,6 +120,13 @@ clientCommand('collectors', 'list the collectors, or enable/disable one at run t
     const state = await client.request<CollectorStatus>('PUT', `/api/v1/collectors/${encodeURIComponent(name)}`, { enabled: action === 'enable' });
     print(options.output, state, () => renderCollectors([state]));
   });
+
+clientCommand('reload', 'make the agent read its configuration again (as SIGHUP): collector changes apply now', ['table', 'json']).action(
+  async (options: { agent: string; output: Output }) => {
+    const change = await new AgentClient(options.agent).request<ConfigChange>('POST', '/api/v1/config/reload');
+    print(options.output, change, () => `applied: ${change.applied.join(', ') || 'nothing'}\nneeds a restart: ${change.restartRequired.join(', ') || 'nothing'}\n`);
+  },
+);
 
 program.parseAsync().catch((err: unknown) => {
   // 2: the configuration is wrong; 1: the agent could not do what was asked.

@@ -18,7 +18,7 @@ export class AgentClient {
     private readonly timeoutMs = 10_000,
   ) {}
 
-  async request<T>(method: 'GET' | 'PUT', path: string, body?: unknown): Promise<T> {
+  async request<T>(method: 'GET' | 'PUT' | 'POST', path: string, body?: unknown): Promise<T> {
     let res: Response;
     try {
       res = await fetch(new URL(path, this.baseUrl), {

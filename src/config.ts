@@ -35,6 +35,8 @@ export interface ListenAddress {
 
 export interface AgentConfig {
   listen: ListenAddress;
+  /** Absent: no gRPC server. */
+  grpcListen?: ListenAddress;
   logLevel: LogLevel;
   bpfStats: boolean;
   cgroupRoot: string;
@@ -113,7 +115,7 @@ export interface AgentConfig {
 }
 
 type Leaf =
-  | { kind: 'listen'; default: string; doc: string }
+  | { kind: 'listen'; default: string; doc: string; optional?: boolean }
   | { kind: 'enum'; values: readonly string[]; default: string; doc: string }
   | { kind: 'boolean'; default: boolean; doc: string }
   | { kind: 'number'; integer: boolean; min: number; max: number; default: number; doc: string }
@@ -134,7 +136,8 @@ function mapCapacity(defaultEntries: number, doc: string, max = 4194304): Leaf {
 }
 
 export const schema = {
-  listen: { kind: 'listen', default: '0.0.0.0:9742', doc: 'HOST:PORT of the HTTP server (/metrics, /healthz, /readyz).' },
+  listen: { kind: 'listen', default: '0.0.0.0:9742', doc: 'HOST:PORT of the HTTP server (/metrics, /healthz, /readyz, the REST API).' },
+  grpcListen: { kind: 'listen', optional: true, default: '', doc: 'HOST:PORT of the gRPC API (probepilot.v1.Agent); empty: no gRPC server.' },
   logLevel: { kind: 'enum', values: logLevels, default: 'info', doc: 'Log level of the JSON logs on stdout.' },
   bpfStats: {
     kind: 'boolean',
@@ -338,6 +341,7 @@ function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean
   switch (leaf.kind) {
     case 'listen':
       if (typeof value !== 'string') throw new ConfigError(key, `got ${describe(value)}, expected a "HOST:PORT" string`);
+      if (leaf.optional && value === '') return undefined;
       return parseListen(value, key);
     case 'string':
       if (typeof value !== 'string') throw new ConfigError(key, `got ${describe(value)}, expected a string`);

@@ -5,6 +5,7 @@
 import type { FastifyInstance, FastifyReply, FastifyRequest, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
 import type { Logger } from '../log.js';
 import { UnknownCollectorError } from '../collectors/manager.js';
+import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import type { AgentEvents, TimedEvent } from './events.js';
 import type { AgentService, FlowQuery } from './service.js';
@@ -136,6 +137,19 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
       },
     },
     {
+      method: 'POST',
+      url: '/api/v1/config/reload',
+      summary: 'Read the configuration again (as SIGHUP): apply collector changes now, list the keys that need a restart; an invalid one is refused and nothing changes',
+      response: {
+        type: 'object',
+        properties: {
+          applied: { type: 'array', items: { type: 'string' }, description: 'Keys applied now.' },
+          restartRequired: { type: 'array', items: { type: 'string' }, description: 'Keys whose new values need an agent restart; the running values are kept.' },
+        },
+      },
+      handler: async () => service.reloadConfig(),
+    },
+    {
       method: 'GET',
       url: '/api/v1/flows',
       summary: 'Top flows from the counters /metrics exports: per workload and peer (view=peer) or protocol (view=protocol), with rates',
@@ -216,6 +230,7 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
   app.setNotFoundHandler((request, reply) => reply.code(404).send({ error: 'not_found', message: `no route ${request.method} ${request.url.split('?')[0]}` }));
   app.setErrorHandler((err: Error & { validation?: ValidationIssue[]; validationContext?: string; statusCode?: number }, request, reply) => {
     if (err instanceof UnknownCollectorError) return reply.code(404).send({ error: 'unknown_collector', message: err.message });
+    if (err instanceof ConfigError) return reply.code(400).send({ error: 'invalid_config', message: `${err.message}; the agent keeps running on its current configuration` });
     if (err.validation) return reply.code(400).send({ error: 'bad_request', message: describeValidation(err.validationContext ?? 'request', err.validation) });
     if (err.statusCode !== undefined && err.statusCode >= 400 && err.statusCode < 500) return reply.code(err.statusCode).send({ error: 'bad_request', message: err.message });
     request.log.error({ err }, 'request failed');

@@ -7,6 +7,7 @@ import type { CollectorManager, CollectorState } from '../collectors/manager.js'
 import type { Identity } from '../identity/identity.js';
 import type { MetricFamily, ScalarSample } from '../metrics/model.js';
 import { agentVersion } from '../version.js';
+import type { ConfigChange } from '../reload.js';
 
 export interface ProgramStatus {
   name: string;
@@ -88,6 +89,8 @@ export interface AgentServiceDeps {
   collect: () => Promise<MetricFamily[]>;
   nodeName: string;
   bpfStats: boolean;
+  /** Reads and applies the configuration again; throws ConfigError for an invalid one. */
+  reload: () => Promise<ConfigChange>;
 }
 
 /** Labels of a sample as a stable key. */
@@ -105,6 +108,10 @@ export class AgentService {
   private readonly snapshots = new Map<FlowView, Snapshot[]>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
+
+  reloadConfig(): Promise<ConfigChange> {
+    return this.deps.reload();
+  }
 
   collectorNames(): string[] {
     return this.deps.manager.states().map((s) => s.name);

@@ -47,4 +47,9 @@ export interface Collector {
   stop(): Promise<void>;
   /** Collector-specific state for the status API (e.g. the network collector's interfaces and attach modes). */
   describe?(): Record<string, unknown>;
+  /**
+   * Applies its section of a new configuration without detaching, when it
+   * can (true); false makes the agent replace it with a fresh instance.
+   */
+  reconfigure?(next: AgentConfig): Promise<boolean>;
 }

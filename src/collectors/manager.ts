@@ -5,6 +5,7 @@ import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import type { FamilyDescriptor, MetricFamily, ScalarSample } from '../metrics/model.js';
 import type { AgentEvents } from '../api/events.js';
+import type { AgentConfig } from '../config.js';
 import { CollectorUnavailableError, type Collector } from './collector.js';
 
 export interface CollectorState {
@@ -145,6 +146,26 @@ export class CollectorManager {
       }
       this.log.info({ collector: name, enabled, up: entry.state.up, reason: entry.state.reason }, enabled ? 'collector enabled' : 'collector disabled');
       return { ...entry.state };
+    });
+    entry.change = run.catch(() => undefined);
+    return run;
+  }
+
+  /**
+   * Applies a new configuration to an enabled collector: in place when it can
+   * (reconfigure), else by replacing it with a fresh instance (counters start
+   * over). Call after the context's config is the new one.
+   */
+  reconfigure(name: string, next: AgentConfig): Promise<'in place' | 'restarted' | 'not running'> {
+    const entry = this.entries.find((e) => e.state.name === name);
+    if (!entry) return Promise.reject(new UnknownCollectorError(name, this.entries.map((e) => e.state.name)));
+    const run = entry.change.then(async () => {
+      if (!entry.state.enabled) return 'not running' as const;
+      if (entry.state.up && (await entry.collector.reconfigure?.(next))) return 'in place' as const;
+      await this.stopOne(entry, 'restarting with a new configuration');
+      entry.collector = entry.create();
+      await this.startOne(entry);
+      return 'restarted' as const;
     });
     entry.change = run.catch(() => undefined);
     return run;

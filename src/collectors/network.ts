@@ -11,6 +11,7 @@ import { counterFamily, type FamilyDescriptor, type Labels, type MetricFamily, t
 import { CounterSeries } from '../metrics/series.js';
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
 import { SerialQueue } from './serial.js';
+import type { AgentConfig } from '../config.js';
 import {
   Attribution,
   decodeFlows,
@@ -60,7 +61,9 @@ export class NetworkCollector implements Collector {
 
   private object: BpfObject | undefined;
   private readonly interfaces = new Map<number, AttachedInterface>();
-  private readonly wanted: (name: string) => boolean;
+  private wanted: (name: string) => boolean;
+  /** The configuration this instance runs with (a reload may change its interface patterns). */
+  private section: AgentConfig['collectors']['network'];
   private readonly totals: CounterSeries;
   /** The peer matrix, when enabled. */
   private readonly flows: CounterSeries | undefined;
@@ -105,6 +108,7 @@ export class NetworkCollector implements Collector {
     };
     this.families = [this.bytesFamily, this.packetsFamily, ...(flows.enabled ? [this.flowBytesFamily, this.flowPacketsFamily] : []), this.interfacesFamily];
     this.wanted = globMatcher(interfaces.include, interfaces.exclude);
+    this.section = ctx.config.collectors.network;
     const graceMs = ctx.config.seriesGraceSeconds * 1000;
     this.totals = new CounterSeries(2, graceMs, ctx.config.seriesLimit);
     if (flows.enabled) {
@@ -158,6 +162,17 @@ export class NetworkCollector implements Collector {
 
   programs(): ProgramInfo[] {
     return this.object?.programs() ?? [];
+  }
+
+  /** New interface patterns apply at once (attach and detach); any other change of this collector's section needs a fresh instance. */
+  async reconfigure(next: AgentConfig): Promise<boolean> {
+    const { interfaces, ...rest } = next.collectors.network;
+    const { interfaces: _, ...currentRest } = this.section;
+    if (JSON.stringify(rest) !== JSON.stringify(currentRest)) return false;
+    this.wanted = globMatcher(interfaces.include, interfaces.exclude);
+    this.section = next.collectors.network;
+    await this.queue.run(() => this.rescan());
+    return true;
   }
 
   describe(): Record<string, unknown> {

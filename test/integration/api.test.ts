@@ -3,8 +3,8 @@
 // at the same moment, rates follow what was sent, bad input of every kind is
 // a 4xx with a JSON error (never a 5xx), a collector disabled at run time has
 // its programs gone from the kernel and its series from /metrics and comes
-// back counting, the event stream reports it and pods coming and going, and
-// the CLI prints what the API answers.
+// back counting, the event stream reports it and pods coming and going, the
+// gRPC API answers the same, and the CLI prints what the API answers.
 import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
@@ -17,6 +17,8 @@ import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { execCommand } from '../helpers/proc.js';
 import { waitFor } from '../helpers/wait.js';
 import type { AgentStatus, FlowsResult } from '../../src/api/service.js';
+import { agentServiceDefinition } from '../../src/api/grpc.js';
+import { credentials, status as grpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 const port = 9999;
@@ -77,8 +79,10 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
       NODE_NAME: 'test-node',
       PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
     },
+    args: ['--grpc-listen', '127.0.0.1:0'],
   });
   t.teardown(() => agent.stop());
+  const grpcAddress = String((await agent.waitForLog((l) => l.msg === 'gRPC API listening', 'the gRPC API')).address);
   const stream = subscribe(t, `${agent.url}/api/v1/events`);
 
   await send(web, pg.ipv4, 50);
@@ -197,8 +201,38 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
   await t.test('openapi.json describes every route', async (t) => {
     const { body } = await api<{ openapi: string; paths: Record<string, Record<string, { parameters?: Array<{ name: string }> }>> }>(agent, '/api/v1/openapi.json');
     t.equal(body.openapi, '3.1.0');
-    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status']);
+    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/config/reload', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status']);
     t.same(body.paths['/api/v1/flows']!.get!.parameters!.map((p) => p.name), ['view', 'namespace', 'pod', 'peer', 'protocol', 'direction', 'sort', 'limit']);
+  });
+
+  await t.test('gRPC: GetStatus, QueryFlows and StreamEvents answer as the REST API does', async (t) => {
+    const Agent = agentServiceDefinition();
+    const client = new Agent(grpcAddress, credentials.createInsecure()) as Client & Record<string, (...args: unknown[]) => unknown>;
+    t.teardown(() => client.close());
+    const unary = <T>(method: string, request: object) =>
+      new Promise<T>((resolve, reject) => client[method]!(request, (err: ServiceError | null, response: T) => (err ? reject(err) : resolve(response))));
+    const status = await unary<{ version: string; mode: string; collectors: Array<{ name: string; up: boolean; programs: Array<{ id: number }> }> }>('GetStatus', {});
+    const rest = (await api<AgentStatus>(agent, '/api/v1/status')).body;
+    t.same([status.version, status.mode, status.collectors.map((c) => `${c.name} ${c.up}`)], [rest.version, rest.mode, rest.collectors.map((c) => `${c.name} ${c.up}`)], 'GetStatus: the same agent and collectors');
+    t.same(status.collectors.find((c) => c.name === 'network')?.programs.map((p) => p.id), rest.collectors.find((c) => c.name === 'network')?.programs.map((p) => p.id), 'the same program ids');
+    const flows = await unary<{ total: number; flows: Array<{ workload: Record<string, string>; packets: number; bytes: number }> }>('QueryFlows', { pod: 'web-0', direction: 'egress', peer: 'pg' });
+    const restFlows = (await api<FlowsResult>(agent, '/api/v1/flows?pod=web-0&direction=egress&peer=pg')).body;
+    t.same(flows.flows.map((f) => [f.workload.pod, f.packets, f.bytes]), restFlows.flows.map((f) => [f.workload.pod, f.packets, f.bytes]), 'QueryFlows: the same flows and counts');
+    for (const bad of [{ limit: 20000 }, { view: 'matrix' }, { view: 'peer', protocol: 'tcp' }, { pod: 'a\u0000b' }]) {
+      await t.rejects(unary('QueryFlows', bad), { code: grpcStatus.INVALID_ARGUMENT }, `QueryFlows ${JSON.stringify(bad)} is INVALID_ARGUMENT`);
+    }
+    const received: Array<{ type: string; attributes: Record<string, string> }> = [];
+    const call = (client.StreamEvents as (request: object) => NodeJS.EventEmitter & { cancel(): void })({ types: ['pod'] });
+    call.on('data', (event: { type: string; attributes: Record<string, string> }) => received.push(event));
+    call.on('error', () => undefined);
+    t.teardown(() => call.cancel());
+    // Give the stream a moment to be registered before the pod appears.
+    await new Promise((r) => setTimeout(r, 500));
+    const extra = await net.addPod();
+    kube.upsertPod(podObject(extra, { namespace: 'jobs', name: 'report-0', owner: { kind: 'StatefulSet', name: 'report' } }));
+    await waitFor(() => received.some((e) => e.attributes.pod === 'report-0'), { timeoutMs: 10_000, what: 'the new pod on the gRPC stream' });
+    t.match(received.find((e) => e.attributes.pod === 'report-0'), { type: 'pod', attributes: { action: 'added', namespace: 'jobs', pod: 'report-0' } }, 'StreamEvents: a test pod appears');
+    t.ok(received.every((e) => e.type === 'pod'), 'only the requested event type');
   });
 
   await t.test('the CLI prints what the API answers', async (t) => {

@@ -31,7 +31,7 @@ t.test('a bad config file value and an unknown key', async (t) => {
   writeFileSync(file, 'listen: 127.0.0.1:1\nlogLevl: debug\n');
   res = run(['agent', '--config', file]);
   t.equal(res.status, 2);
-  t.match(res.stderr, 'config key "logLevl": unknown key; allowed keys: listen, logLevel');
+  t.match(res.stderr, 'config key "logLevl": unknown key; allowed keys: listen, grpcListen, logLevel');
   res = run(['agent', '--config', path.join(dir, 'missing.yaml')]);
   t.equal(res.status, 2);
   t.match(res.stderr, /config key "--config": cannot read .*missing\.yaml/);

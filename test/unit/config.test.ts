@@ -43,7 +43,7 @@ t.test('a wrong value names the key and what is allowed', async (t) => {
     [{ listen: 'localhost' }, 'listen', /expected HOST:PORT/],
     [{ listen: '1.2.3.4:70000' }, 'listen', /port from 0 to 65535/],
     [{ collectors: { network: { interfaces: { include: 'veth*' } } } }, 'collectors.network.interfaces.include', /list of interface-name globs/],
-    [{ colectors: {} }, 'colectors', /unknown key; allowed keys: listen, logLevel/],
+    [{ colectors: {} }, 'colectors', /unknown key; allowed keys: listen, grpcListen, logLevel/],
     [{ collectors: { network: { bogus: 1 } } }, 'collectors.network.bogus', /allowed keys under "collectors.network": enabled, attachMode/],
     [{ collectors: 'all' }, 'collectors', /expected a mapping with keys: network/],
     [{ collectors: { network: { flows: { peerCidrs: ['10.0.0.0/8'] } } } }, 'collectors.network.flows.peerCidrs', /got "10.0.0.0\/8", expected NAME=CIDR/],

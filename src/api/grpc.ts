@@ -1,0 +1,154 @@
+// The gRPC transport of the service layer: probepilot.v1.Agent
+// (proto/probepilot/v1/agent.proto) on @grpc/grpc-js, plaintext, off unless
+// grpcListen is set. Answers are the REST API's, field for field.
+import { loadPackageDefinition, Server, ServerCredentials, status as grpcStatus, type GrpcObject, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, type ServiceClientConstructor } from '@grpc/grpc-js';
+import { loadSync } from '@grpc/proto-loader';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import type { ListenAddress } from '../config.js';
+import type { Logger } from '../log.js';
+import type { AgentEvents, TimedEvent } from './events.js';
+import type { AgentService, FlowQuery } from './service.js';
+
+const protoPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../proto/probepilot/v1/agent.proto');
+
+/** probepilot.v1.Agent as grpc-js sees it (the proto loaded with its field names as written). */
+export function agentServiceDefinition(): ServiceClientConstructor {
+  const definition = loadSync(protoPath, { keepCase: true, longs: Number, defaults: true, oneofs: true });
+  return ((loadPackageDefinition(definition).probepilot as GrpcObject).v1 as GrpcObject).Agent as ServiceClientConstructor;
+}
+
+interface FlowsRequest {
+  view: string;
+  namespace: string;
+  pod: string;
+  peer: string;
+  protocol: string;
+  direction: string;
+  sort: string;
+  limit: number;
+}
+
+class InvalidArgument extends Error {}
+
+function oneOf<T extends string>(field: string, value: string, allowed: readonly T[], fallback?: T): T | undefined {
+  if (value === '') return fallback;
+  if (!(allowed as readonly string[]).includes(value)) throw new InvalidArgument(`${field} must be one of: ${allowed.join(', ')}`);
+  return value as T;
+}
+
+/** The same rules as the REST querystring schema. */
+export function flowQueryOf(request: FlowsRequest): FlowQuery {
+  const view = oneOf('view', request.view, ['peer', 'protocol'] as const, 'peer')!;
+  const limit = request.limit === 0 ? 20 : request.limit;
+  if (limit > 10000) throw new InvalidArgument('limit must be from 1 to 10000 (0: 20)');
+  const protocol = oneOf('protocol', request.protocol, ['tcp', 'udp', 'icmp', 'other'] as const);
+  if (view === 'peer' && protocol !== undefined) throw new InvalidArgument('protocol applies to view=protocol only');
+  if (view === 'protocol' && request.peer !== '') throw new InvalidArgument('peer applies to view=peer only');
+  for (const field of ['namespace', 'pod', 'peer'] as const) {
+    if (/[\u0000-\u001f\u007f]/.test(request[field]) || request[field].length > 4096) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
+  }
+  const direction = oneOf('direction', request.direction, ['ingress', 'egress'] as const);
+  return {
+    view,
+    sort: oneOf('sort', request.sort, ['bytes', 'packets'] as const, 'bytes')!,
+    limit,
+    ...(request.namespace ? { namespace: request.namespace } : {}),
+    ...(request.pod ? { pod: request.pod } : {}),
+    ...(request.peer ? { peer: request.peer } : {}),
+    ...(protocol ? { protocol } : {}),
+    ...(direction ? { direction } : {}),
+  };
+}
+
+function eventMessage(event: TimedEvent): { type: string; time: string; attributes: Record<string, string> } {
+  const { type, time, ...rest } = event;
+  return { type, time, attributes: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, v === null ? '' : String(v)])) };
+}
+
+export class GrpcApi {
+  private readonly server = new Server();
+  private readonly streams = new Set<ServerWritableStream<unknown, unknown>>();
+
+  constructor(service: AgentService, events: AgentEvents, log: Logger) {
+    this.server.addService(agentServiceDefinition().service, {
+      GetStatus: (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
+        const status = service.status();
+        callback(null, {
+          ...status,
+          bpf_stats: status.bpfStats,
+          uptime_seconds: status.uptimeSeconds,
+          collectors: status.collectors.map((c) => ({
+            ...c,
+            last_collect_seconds: c.lastCollectSeconds,
+            collect_errors: c.collectErrors,
+            programs: c.programs.map((p) => ({ name: p.name, id: p.id, run_count: p.runCount, run_time_seconds: p.runTimeSeconds })),
+          })),
+        });
+      },
+      QueryFlows: (call: ServerUnaryCall<FlowsRequest, unknown>, callback: sendUnaryData<unknown>) => {
+        let query: FlowQuery;
+        try {
+          query = flowQueryOf(call.request);
+        } catch (err) {
+          callback({ code: grpcStatus.INVALID_ARGUMENT, details: (err as Error).message });
+          return;
+        }
+        service.flows(query).then(
+          (result) =>
+            callback(null, {
+              view: result.view,
+              total: result.total,
+              ...(result.intervalSeconds === null ? {} : { interval_seconds: result.intervalSeconds }),
+              flows: result.flows.map((f) => ({
+                workload: f.workload,
+                direction: f.direction,
+                peer: f.peer ?? {},
+                protocol: f.protocol ?? '',
+                bytes: f.bytes,
+                packets: f.packets,
+                ...(f.bytesPerSecond === null ? {} : { bytes_per_second: f.bytesPerSecond }),
+                ...(f.packetsPerSecond === null ? {} : { packets_per_second: f.packetsPerSecond }),
+              })),
+            }),
+          (err: unknown) => {
+            log.error({ err }, 'QueryFlows failed');
+            callback({ code: grpcStatus.INTERNAL, details: err instanceof Error ? err.message : String(err) });
+          },
+        );
+      },
+      StreamEvents: (call: ServerWritableStream<{ types: string[] }, unknown>) => {
+        const types = new Set(call.request.types);
+        const unknown = [...types].filter((type) => !['collector', 'interface', 'pod'].includes(type));
+        if (unknown.length) {
+          call.destroy(Object.assign(new Error(`unknown event types ${unknown.join(', ')}; the types are collector, interface, pod`), { code: grpcStatus.INVALID_ARGUMENT }));
+          return;
+        }
+        this.streams.add(call as ServerWritableStream<unknown, unknown>);
+        const unsubscribe = events.subscribe((event) => {
+          if (types.size === 0 || types.has(event.type)) call.write(eventMessage(event));
+        });
+        const end = (): void => {
+          unsubscribe();
+          this.streams.delete(call as ServerWritableStream<unknown, unknown>);
+        };
+        call.on('cancelled', end);
+        call.on('close', end);
+      },
+    });
+  }
+
+  /** Resolves with the bound port. */
+  listen(address: ListenAddress): Promise<number> {
+    const host = address.host.includes(':') ? `[${address.host}]` : address.host;
+    return new Promise((resolve, reject) =>
+      this.server.bindAsync(`${host}:${address.port}`, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+    );
+  }
+
+  /** Ends open event streams, then the server. */
+  close(): Promise<void> {
+    for (const stream of this.streams) stream.end();
+    return new Promise((resolve) => this.server.tryShutdown(() => resolve()));
+  }
+}
