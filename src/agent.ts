@@ -22,6 +22,7 @@ import { buildServer } from './server.js';
 import { AgentEvents } from './api/events.js';
 import { AgentService } from './api/service.js';
 import { GrpcApi } from './api/grpc.js';
+import { hostChecks } from './doctor.js';
 
 export class Agent {
   private manager: CollectorManager | undefined;
@@ -79,6 +80,10 @@ export class Agent {
   /** Starts collectors and the server; resolves with the bound address. */
   async start(): Promise<string> {
     const { config, log } = this;
+    for (const result of hostChecks(config)) {
+      const { verdict, ...fields } = result;
+      log[verdict === 'PASS' ? 'info' : 'warn']({ ...fields, verdict }, 'preflight check');
+    }
     this.prepareHost();
     const addon = loadAddon();
     this.addon = addon;

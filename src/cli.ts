@@ -121,6 +121,22 @@ clientCommand('collectors', 'list the collectors, or enable/disable one at run t
     print(options.output, state, () => renderCollectors([state]));
   });
 
+program
+  .command('doctor')
+  .description('preflight checks of this host for the agent (PASS/WARN/FAIL, with a remedy); exit 1 on any FAIL')
+  .option('--config <file>', 'the agent\'s config file, for its listen address, Kubernetes and GPU settings (env PROBEPILOT_CONFIG)')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['table', 'json']).default('table'))
+  .action(async (options: { config?: string; output: Output }) => {
+    const configFile = options.config ?? process.env.PROBEPILOT_CONFIG;
+    const config = resolveConfig({ file: configFile ? readConfigFile(configFile) : undefined, env: process.env });
+    const { allChecks } = await import('./doctor.js');
+    const results = await allChecks(config);
+    print(options.output, results, () =>
+      results.map((r) => `${r.verdict.padEnd(4)}  ${r.check.padEnd(20)}  ${r.detail}${r.remedy ? `\n      remedy: ${r.remedy}` : ''}`).join('\n') + '\n',
+    );
+    if (results.some((r) => r.verdict === 'FAIL')) process.exitCode = 1;
+  });
+
 clientCommand('reload', 'make the agent read its configuration again (as SIGHUP): collector changes apply now', ['table', 'json']).action(
   async (options: { agent: string; output: Output }) => {
     const change = await new AgentClient(options.agent).request<ConfigChange>('POST', '/api/v1/config/reload');

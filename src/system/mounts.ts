@@ -57,6 +57,16 @@ export interface EnsuredMount {
   mounted: boolean;
 }
 
+/** Where bpffs is mounted at the usual place; undefined when it is not. */
+export function bpffsMounted(dir = '/sys/fs/bpf'): string | undefined {
+  return hasFs(dir, BPF_FS_MAGIC) ? dir : undefined;
+}
+
+/** Where tracefs is mounted (the usual place or inside debugfs); undefined when nowhere. */
+export function tracefsMounted(): string | undefined {
+  return ['/sys/kernel/tracing', '/sys/kernel/debug/tracing'].find((dir) => hasFs(dir, TRACEFS_MAGIC));
+}
+
 function ensureMount(dir: string, fsType: string, magic: number): EnsuredMount {
   if (hasFs(dir, magic)) return { path: dir, mounted: false };
   if (!existsSync(dir)) mkdirSync(dir, { recursive: true });

@@ -46,6 +46,6 @@ t.test('every API endpoint (from the OpenAPI document the routes build) and clie
   const endpoints = Object.entries(paths).flatMap(([p, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${p}`));
   t.ok(endpoints.length >= 6, `${endpoints.length} endpoints`);
   for (const endpoint of endpoints) t.match(readme, `\`${endpoint}\``, endpoint);
-  for (const command of ['probepilot status', 'probepilot flows', 'probepilot collectors', 'probepilot reload']) t.match(readme, command, command);
+  for (const command of ['probepilot status', 'probepilot flows', 'probepilot collectors', 'probepilot reload', 'probepilot doctor']) t.match(readme, command, command);
   await app.close();
 });
