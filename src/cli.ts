@@ -5,7 +5,7 @@ import { Command, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
-import { AgentClient, AgentRequestError, defaultAgentUrl, renderCollectors, renderFlows, renderStatus } from './client.js';
+import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus } from './client.js';
 import type { AgentStatus, CollectorStatus, FlowsResult } from './api/service.js';
 import type { ConfigChange } from './reload.js';
 
@@ -74,18 +74,53 @@ function clientCommand(name: string, description: string, outputs: readonly Outp
     .addOption(new Option('-o, --output <format>', 'output format').choices(outputs).default('table'));
 }
 
+interface ClusterFlags {
+  mode: 'agent' | 'cluster';
+  kubeconfig: string;
+  agentsNamespace: string;
+  agentsService: string;
+}
+
+/** --mode cluster: ask every agent, found from the EndpointSlices of their Service. */
+function withClusterMode(command: Command): Command {
+  return command
+    .addOption(new Option('--mode <mode>', 'one agent (--agent) or every agent of the cluster').choices(['agent', 'cluster']).default('agent'))
+    .option('--kubeconfig <file>', 'cluster mode: kubeconfig (default: the in-cluster service account)', process.env.KUBECONFIG ?? '')
+    .option('--agents-namespace <namespace>', 'cluster mode: namespace of the agents\' Service', 'probepilot')
+    .option('--agents-service <name>', 'cluster mode: the agents\' Service', 'probepilot');
+}
+
+async function clusterQuery<T>(flags: ClusterFlags, query: (client: AgentClient) => Promise<T>) {
+  const { discoverAgents, queryAgents } = await import('./cluster.js');
+  let agents;
+  try {
+    agents = await discoverAgents({ kubeconfig: flags.kubeconfig, namespace: flags.agentsNamespace, service: flags.agentsService });
+  } catch (err) {
+    throw new AgentRequestError(`cannot list the agents' EndpointSlices (${flags.agentsNamespace}/${flags.agentsService}): ${err instanceof Error ? err.message : String(err)}`);
+  }
+  if (agents.length === 0) throw new AgentRequestError(`no ready agents in the EndpointSlices of ${flags.agentsNamespace}/${flags.agentsService}`);
+  return queryAgents(agents, query);
+}
+
 function print(output: Output, json: unknown, text: () => string): void {
   process.stdout.write(output === 'json' ? `${JSON.stringify(json, null, 2)}\n` : text());
 }
 
-clientCommand('status', 'the agent\'s version, mode, kernel and every collector (wide: the interfaces and their attach modes)', ['table', 'json', 'wide']).action(
-  async (options: { agent: string; output: Output }) => {
+withClusterMode(clientCommand('status', 'the agent\'s version, mode, kernel and every collector (wide: the interfaces and their attach modes)', ['table', 'json', 'wide'])).action(
+  async (options: { agent: string; output: Output } & ClusterFlags) => {
+    if (options.mode === 'cluster') {
+      const { answers, unreachable } = await clusterQuery(options, (client) => client.request<AgentStatus>('GET', '/api/v1/status'));
+      const rows = answers.map(({ node, url, value }) => ({ node, url, status: value }));
+      print(options.output, { agents: rows, unreachable }, () => renderClusterStatus(rows, unreachable));
+      if (unreachable.length) process.exitCode = 1;
+      return;
+    }
     const status = await new AgentClient(options.agent).request<AgentStatus>('GET', '/api/v1/status');
     print(options.output, status, () => renderStatus(status, options.output === 'wide'));
   },
 );
 
-clientCommand('flows', 'top flows per workload and peer (or protocol) with rates, from the counters /metrics exports', ['table', 'json', 'wide'])
+withClusterMode(clientCommand('flows', 'top flows per workload and peer (or protocol) with rates, from the counters /metrics exports', ['table', 'json', 'wide']))
   .option('--namespace <namespace>', 'only this namespace')
   .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode)')
   .option('--peer <peer>', 'only this peer: workload, namespace/workload or class (host, node, world, …)')
@@ -94,13 +129,29 @@ clientCommand('flows', 'top flows per workload and peer (or protocol) with rates
   .addOption(new Option('--protocol <protocol>', 'only this protocol (view protocol)').choices(['tcp', 'udp', 'icmp', 'other']))
   .addOption(new Option('--sort <field>', 'order by').choices(['bytes', 'packets']).default('bytes'))
   .option('--top <n>', 'how many', '20')
-  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; peer?: string; direction?: string; view: string; protocol?: string; sort: string; top: string }) => {
+  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; peer?: string; direction?: string; view: string; protocol?: string; sort: 'bytes' | 'packets'; top: string } & ClusterFlags) => {
     const query = new URLSearchParams({ view: options.view, sort: options.sort, limit: options.top });
     for (const key of ['namespace', 'pod', 'peer', 'direction', 'protocol'] as const) {
       const value = options[key];
       if (value !== undefined) query.set(key, value);
     }
-    const flows = await new AgentClient(options.agent).request<FlowsResult>('GET', `/api/v1/flows?${query}`);
+    const path = `/api/v1/flows?${query}`;
+    if (options.mode === 'cluster') {
+      const { answers, unreachable } = await clusterQuery(options, (client) => client.request<FlowsResult>('GET', path));
+      // Each agent's top N, merged: the cluster's top N is among them.
+      const all = answers.flatMap(({ node, value }) => value.flows.map((f) => ({ node, ...f }))).sort((a, b) => b[options.sort] - a[options.sort]);
+      const intervals = answers.map((a) => a.value.intervalSeconds).filter((i): i is number => i !== null);
+      const merged = {
+        view: options.view as FlowsResult['view'],
+        total: answers.reduce((n, a) => n + a.value.total, 0),
+        intervalSeconds: intervals.length === answers.length && intervals.length > 0 ? Math.min(...intervals) : null,
+        flows: all.slice(0, Number(options.top)),
+      };
+      print(options.output, { ...merged, unreachable }, () => renderClusterFlows(merged, options.output === 'wide', unreachable));
+      if (unreachable.length) process.exitCode = 1;
+      return;
+    }
+    const flows = await new AgentClient(options.agent).request<FlowsResult>('GET', path);
     print(options.output, flows, () => renderFlows(flows, options.output === 'wide'));
   });
 

@@ -122,3 +122,34 @@ export function renderFlows(result: FlowsResult, wide: boolean): string {
   const footer = `${result.flows.length} of ${result.total} flows${result.intervalSeconds === null ? '; rates need a second query' : `; rates over ${result.intervalSeconds.toFixed(1)} s`}\n`;
   return renderTable(headers, rows) + footer;
 }
+
+export interface ClusterStatusRow {
+  node: string;
+  url: string;
+  status: AgentStatus;
+}
+
+export function renderClusterStatus(rows: readonly ClusterStatusRow[], unreachable: ReadonlyArray<{ node: string; url: string; error: string }>): string {
+  const table = renderTable(
+    ['NODE', 'AGENT', 'VERSION', 'MODE', 'COLLECTORS UP', 'DOWN'],
+    rows.map(({ node, url, status }) => {
+      const enabled = status.collectors.filter((c) => c.enabled);
+      const down = enabled.filter((c) => !c.up).map((c) => c.name);
+      return [node, url, status.version, status.mode, `${enabled.length - down.length}/${enabled.length}`, down.join(',')];
+    }),
+  );
+  return table + renderUnreachable(unreachable);
+}
+
+export function renderUnreachable(unreachable: ReadonlyArray<{ node: string; url: string; error: string }>): string {
+  return unreachable.map((u) => `unreachable: ${u.node} (${u.url}): ${u.error}\n`).join('');
+}
+
+/** Flows of several agents: each row names its node. */
+export function renderClusterFlows(result: Omit<FlowsResult, 'flows'> & { flows: Array<FlowEntry & { node: string }> }, wide: boolean, unreachable: ReadonlyArray<{ node: string; url: string; error: string }>): string {
+  const lines = renderFlows(result, wide).split('\n');
+  const nodes = ['NODE', ...result.flows.map((f) => f.node)];
+  const width = Math.max(...nodes.map((n) => n.length));
+  const table = lines.map((line, i) => (i < nodes.length && line ? `${nodes[i]!.padEnd(width)}  ${line}` : line)).join('\n');
+  return table + renderUnreachable(unreachable);
+}

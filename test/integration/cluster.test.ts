@@ -1,0 +1,95 @@
+// The CLI's cluster mode: two agents on loopback ports, each watching its own
+// pod, listed by EndpointSlices of the agents' Service from the Kubernetes API
+// fixture. status and flows merge both; with one agent stopped it is listed
+// as unreachable (exit 1) and the other's data is still shown.
+import t from 'tap';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
+import { requirePrivileges } from '../helpers/env.js';
+import { findSamples, parseExposition } from '../helpers/exposition.js';
+import { startFakeKubeApi } from '../helpers/kube-api.js';
+import { createTestNetwork, type Pod } from '../helpers/pods.js';
+import { waitFor } from '../helpers/wait.js';
+import { execCommand } from '../helpers/proc.js';
+
+const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+
+function slice(node: string, agent: AgentProcess) {
+  return {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSlice',
+    metadata: { name: `probepilot-${node}`, namespace: 'probepilot', labels: { 'kubernetes.io/service-name': 'probepilot' } },
+    addressType: 'IPv4',
+    endpoints: [{ addresses: ['127.0.0.1'], nodeName: node, conditions: { ready: true } }],
+    ports: [{ name: 'metrics', port: agent.port, protocol: 'TCP' }],
+  };
+}
+
+async function ping(from: Pod, to: string): Promise<void> {
+  const res = await from.exec('ping', ['-c', '3', '-i', '0.2', '-W', '2', to]);
+  if (res.code !== 0) throw new Error(`ping failed: ${res.stdout}${res.stderr}`);
+}
+
+t.test('status and flows across the agents of the cluster', async (t) => {
+  if (!requirePrivileges(t, 'two agents with real pods')) return;
+  const { api, kubeconfig } = await startFakeKubeApi(t);
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const a = await net.addPod();
+  const b = await net.addPod();
+  const agentFor = (pod: Pod) => startAgent({ env: { ...onlyCollectors('network'), PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: pod.hostVeth } });
+  const agentA = await agentFor(a);
+  t.teardown(() => agentA.stop());
+  const agentB = await agentFor(b);
+  t.teardown(() => agentB.stop());
+  api.putObject('/apis/discovery.k8s.io/v1/namespaces/probepilot/endpointslices', {
+    apiVersion: 'discovery.k8s.io/v1',
+    kind: 'EndpointSliceList',
+    metadata: { name: '' },
+    items: [slice('node-a', agentA), slice('node-b', agentB)],
+  });
+  await ping(a, b.ipv4);
+  for (const [agent, pod] of [[agentA, a], [agentB, b]] as const) {
+    await waitFor(async () => findSamples(parseExposition(await agent.metrics()), 'probepilot_network_packets_total', { cgroup: pod.cgroupPath, protocol: 'icmp' }).length > 0, {
+      timeoutMs: 10_000,
+      what: `${pod.name}'s pings at its agent`,
+    });
+  }
+  // Not spawnSync: the API fixture answering the CLI lives in this process.
+  const run = async (args: string[]) => {
+    const res = await execCommand(process.execPath, [cli, ...args, '--mode', 'cluster', '--kubeconfig', kubeconfig], { timeoutMs: 30_000 });
+    return { status: res.code, stdout: res.stdout, stderr: res.stderr };
+  };
+
+  let res = await run(['status', '-o', 'json']);
+  t.equal(res.status, 0, res.stderr);
+  let status = JSON.parse(res.stdout) as { agents: Array<{ node: string; status: { collectors: Array<{ name: string; up: boolean }> } }>; unreachable: unknown[] };
+  t.same(status.agents.map((x) => x.node), ['node-a', 'node-b'], 'both agents, from the EndpointSlices');
+  t.ok(status.agents.every((x) => x.status.collectors.find((c) => c.name === 'network')?.up), 'each with its network collector up');
+  t.same(status.unreachable, []);
+  res = await run(['status']);
+  t.match(res.stdout, /^NODE\s+AGENT\s+VERSION\s+MODE\s+COLLECTORS UP\s+DOWN$/m);
+  t.match(res.stdout, /^node-a\s+http:\/\/127\.0\.0\.1:\d+\s+\S+\s+standalone\s+1\/1/m);
+
+  res = await run(['flows', '--view', 'protocol', '--top', '100', '-o', 'json']);
+  t.equal(res.status, 0, res.stderr);
+  const flows = JSON.parse(res.stdout) as { flows: Array<{ node: string; workload: { cgroup: string }; protocol: string; packets: number }> };
+  const icmp = flows.flows.filter((f) => f.protocol === 'icmp');
+  t.ok(icmp.some((f) => f.node === 'node-a' && f.workload.cgroup === a.cgroupPath), 'node-a\'s flows: pod a');
+  t.ok(icmp.some((f) => f.node === 'node-b' && f.workload.cgroup === b.cgroupPath), 'node-b\'s flows: pod b');
+  t.notOk(flows.flows.some((f) => f.node === 'node-a' && f.workload.cgroup === b.cgroupPath), 'each agent reports only its own interfaces');
+  res = await run(['flows', '--view', 'protocol']);
+  t.match(res.stdout, /^NODE\s+WORKLOAD\s+DIRECTION\s+PROTOCOL/m, 'the table names each flow\'s node');
+
+  await agentB.stop();
+  res = await run(['status', '-o', 'json']);
+  t.equal(res.status, 1, 'an unreachable agent: exit 1');
+  status = JSON.parse(res.stdout) as typeof status;
+  t.same(status.agents.map((x) => x.node), ['node-a'], 'the other agent still answers');
+  t.match(status.unreachable, [{ node: 'node-b', error: /cannot reach the agent/ }], 'node-b is listed as unreachable');
+  res = await run(['flows', '--view', 'protocol']);
+  t.equal(res.status, 1);
+  t.match(res.stdout, /^node-a\s+/m, 'node-a\'s flows are still shown');
+  t.match(res.stdout, /^unreachable: node-b \(http:\/\/127\.0\.0\.1:\d+\): cannot reach the agent/m);
+});
