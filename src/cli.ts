@@ -5,8 +5,8 @@ import { Command, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
-import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus } from './client.js';
-import type { AgentStatus, CollectorStatus, FlowsResult } from './api/service.js';
+import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable } from './client.js';
+import type { AgentStatus, CollectorStatus, FlowQuery, FlowsResult } from './api/service.js';
 import type { ConfigChange } from './reload.js';
 
 const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
@@ -76,6 +76,7 @@ function clientCommand(name: string, description: string, outputs: readonly Outp
 
 interface ClusterFlags {
   mode: 'agent' | 'cluster';
+  prometheus?: string;
   kubeconfig: string;
   agentsNamespace: string;
   agentsService: string;
@@ -87,7 +88,8 @@ function withClusterMode(command: Command): Command {
     .addOption(new Option('--mode <mode>', 'one agent (--agent) or every agent of the cluster').choices(['agent', 'cluster']).default('agent'))
     .option('--kubeconfig <file>', 'cluster mode: kubeconfig (default: the in-cluster service account)', process.env.KUBECONFIG ?? '')
     .option('--agents-namespace <namespace>', 'cluster mode: namespace of the agents\' Service', 'probepilot')
-    .option('--agents-service <name>', 'cluster mode: the agents\' Service', 'probepilot');
+    .option('--agents-service <name>', 'cluster mode: the agents\' Service', 'probepilot')
+    .option('--prometheus <url>', 'answer for every node from this Prometheus (which scrapes the agents) instead of asking agents');
 }
 
 async function clusterQuery<T>(flags: ClusterFlags, query: (client: AgentClient) => Promise<T>) {
@@ -108,6 +110,17 @@ function print(output: Output, json: unknown, text: () => string): void {
 
 withClusterMode(clientCommand('status', 'the agent\'s version, mode, kernel and every collector (wide: the interfaces and their attach modes)', ['table', 'json', 'wide'])).action(
   async (options: { agent: string; output: Output } & ClusterFlags) => {
+    if (options.prometheus !== undefined) {
+      const { statusFromPrometheus } = await import('./prometheus-source.js');
+      const nodes = await statusFromPrometheus(options.prometheus);
+      print(options.output, { nodes }, () =>
+        renderTable(
+          ['NODE', 'COLLECTORS UP', 'DOWN'],
+          nodes.map((n) => [n.node, `${n.up.length}/${n.up.length + n.down.length}`, n.down.map((d) => `${d.collector} (${d.reason})`).join(', ')]),
+        ),
+      );
+      return;
+    }
     if (options.mode === 'cluster') {
       const { answers, unreachable } = await clusterQuery(options, (client) => client.request<AgentStatus>('GET', '/api/v1/status'));
       const rows = answers.map(({ node, url, value }) => ({ node, url, status: value }));
@@ -136,6 +149,22 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
       if (value !== undefined) query.set(key, value);
     }
     const path = `/api/v1/flows?${query}`;
+    if (options.prometheus !== undefined) {
+      const { flowsFromPrometheus } = await import('./prometheus-source.js');
+      const flowQuery: FlowQuery = {
+        view: options.view as FlowQuery['view'],
+        sort: options.sort,
+        limit: Number(options.top),
+        ...(options.namespace !== undefined ? { namespace: options.namespace } : {}),
+        ...(options.pod !== undefined ? { pod: options.pod } : {}),
+        ...(options.peer !== undefined ? { peer: options.peer } : {}),
+        ...(options.protocol !== undefined ? { protocol: options.protocol } : {}),
+        ...(options.direction !== undefined ? { direction: options.direction as 'ingress' | 'egress' } : {}),
+      };
+      const result = await flowsFromPrometheus(options.prometheus, flowQuery);
+      print(options.output, result, () => renderClusterFlows(result, options.output === 'wide', []));
+      return;
+    }
     if (options.mode === 'cluster') {
       const { answers, unreachable } = await clusterQuery(options, (client) => client.request<FlowsResult>('GET', path));
       // Each agent's top N, merged: the cluster's top N is among them.

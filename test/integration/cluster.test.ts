@@ -1,7 +1,8 @@
 // The CLI's cluster mode: two agents on loopback ports, each watching its own
 // pod, listed by EndpointSlices of the agents' Service from the Kubernetes API
 // fixture. status and flows merge both; with one agent stopped it is listed
-// as unreachable (exit 1) and the other's data is still shown.
+// as unreachable (exit 1) and the other's data is still shown. With
+// --prometheus the same commands answer from a real Prometheus scraping both.
 import t from 'tap';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -12,6 +13,7 @@ import { startFakeKubeApi } from '../helpers/kube-api.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { waitFor } from '../helpers/wait.js';
 import { execCommand } from '../helpers/proc.js';
+import { startPrometheus } from '../helpers/prometheus.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 
@@ -81,6 +83,25 @@ t.test('status and flows across the agents of the cluster', async (t) => {
   t.notOk(flows.flows.some((f) => f.node === 'node-a' && f.workload.cgroup === b.cgroupPath), 'each agent reports only its own interfaces');
   res = await run(['flows', '--view', 'protocol']);
   t.match(res.stdout, /^NODE\s+WORKLOAD\s+DIRECTION\s+PROTOCOL/m, 'the table names each flow\'s node');
+
+  // The same questions answered by Prometheus, which scrapes both agents.
+  const prometheus = await startPrometheus({ targets: [agentA, agentB].map((x) => `127.0.0.1:${x.port}`), scrapeIntervalSeconds: 1 });
+  t.teardown(() => prometheus.stop());
+  await prometheus.waitFor(async () => (await prometheus.query('count(count_over_time(up[1m]) >= 3)'))[0]?.value === 2, 30_000, 'three scrapes of both agents');
+  const fromPrometheus = async (args: string[]) => {
+    const res = await execCommand(process.execPath, [cli, ...args, '--prometheus', prometheus.url, '-o', 'json'], { timeoutMs: 30_000 });
+    t.equal(res.code, 0, `${args.join(' ')} --prometheus: ${res.stderr}`);
+    return JSON.parse(res.stdout) as unknown;
+  };
+  const nodes = (await fromPrometheus(['status'])) as { nodes: Array<{ node: string; up: string[]; down: unknown[] }> };
+  t.same(nodes.nodes.map((n) => [n.node, n.up, n.down]), [agentA, agentB].map((x) => [`127.0.0.1:${x.port}`, ['network'], []]).sort(), 'status from Prometheus: both agents, network up');
+  const promFlows = (await fromPrometheus(['flows', '--view', 'protocol', '--top', '100'])) as { flows: Array<{ node: string; workload: { cgroup: string }; protocol: string; packets: number; bytesPerSecond: number | null }> };
+  for (const [agent, pod] of [[agentA, a], [agentB, b]] as const) {
+    const flow = promFlows.flows.find((f) => f.node === `127.0.0.1:${agent.port}` && f.workload.cgroup === pod.cgroupPath && f.protocol === 'icmp');
+    const fromAgent = findSamples(parseExposition(await agent.metrics()), 'probepilot_network_packets_total', { cgroup: pod.cgroupPath, protocol: 'icmp', direction: flow?.workload ? (flow as unknown as { direction: string }).direction : '' });
+    t.ok(flow && typeof flow.bytesPerSecond === 'number', `flows from Prometheus: ${pod.name}'s ICMP at its agent, with a rate`);
+    t.equal(flow?.packets, fromAgent[0]?.value, `${pod.name}: the packet count Prometheus holds is the agent's`);
+  }
 
   await agentB.stop();
   res = await run(['status', '-o', 'json']);
