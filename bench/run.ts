@@ -5,7 +5,9 @@
 //     UDP over a veth with the collector vs without;
 //   * sched: its programs vs an equivalent bpftrace run-queue-latency script;
 //   * syscalls: its programs vs empty raw_syscalls programs; a getppid loop
-//     with the collector vs without.
+//     with the collector vs without;
+//   * api: GET /api/v1/flows over ~10,000 flow entries vs GET /healthz, and
+//     the agent's longest event-loop stall while serving each.
 // Options: --quick (1 short round, for CI), --rounds N, --seconds S.
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
@@ -13,6 +15,7 @@ import { fileURLToPath } from 'node:url';
 import { parseArgs } from 'node:util';
 import { loadAddon } from '../src/bpf/addon.js';
 import type { BenchOptions, BenchSection } from './common.js';
+import { benchApi } from './api.js';
 import { benchNetwork } from './network.js';
 import { benchSched } from './sched.js';
 import { benchSyscalls } from './syscalls.js';
@@ -33,6 +36,7 @@ async function main(): Promise<void> {
     network: await benchNetwork(addon, opts),
     sched: await benchSched(addon, opts),
     syscalls: await benchSyscalls(addon, opts),
+    api: await benchApi(opts),
   };
   const rows = Object.values(sections).flatMap((s) => s.rows);
 

@@ -28,6 +28,9 @@ t.test('the benchmark runs and measures every row', async (t) => {
       'sched programs per run (ns, bpf_stats)',
       'syscall programs per syscall (ns, enter+exit, bpf_stats)',
       'getppid loop (ns per call)',
+      'GET /api/v1/flows p50 (ms)',
+      'GET /api/v1/flows p99 (ms)',
+      'agent event-loop max stall serving flows (ms)',
     ],
     'every section reports its rows',
   );
