@@ -1,6 +1,6 @@
 #!/usr/bin/env node
 // probepilot: the agent (`probepilot agent`) and the commands an operator
-// runs against it (status, flows, collectors), which talk to its REST API.
+// runs against it (status, flows, collectors, reload; doctor checks the host).
 import { Command, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
