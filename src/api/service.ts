@@ -34,7 +34,14 @@ export interface AgentStatus {
   identity: Record<string, number>;
 }
 
-export type FlowView = 'peer' | 'protocol';
+/** The values a flows query takes, for every transport (REST schema, gRPC checks, CLI choices). */
+export const flowViews = ['peer', 'protocol'] as const;
+export const flowProtocols = ['tcp', 'udp', 'icmp', 'other'] as const;
+export const flowDirections = ['ingress', 'egress'] as const;
+export const flowSorts = ['bytes', 'packets'] as const;
+export const flowLimit = { default: 20, max: 10000 } as const;
+
+export type FlowView = (typeof flowViews)[number];
 
 export interface FlowQuery {
   /** peer: the peer matrix (who talks to whom); protocol: traffic by protocol. */
@@ -43,9 +50,9 @@ export interface FlowQuery {
   pod?: string;
   /** A peer's workload (or pod), namespace/name, or class (pod, host, node, world, a CIDR name). */
   peer?: string;
-  protocol?: string;
-  direction?: 'ingress' | 'egress';
-  sort: 'bytes' | 'packets';
+  protocol?: (typeof flowProtocols)[number];
+  direction?: (typeof flowDirections)[number];
+  sort: (typeof flowSorts)[number];
   limit: number;
 }
 
@@ -86,7 +93,6 @@ interface Snapshot {
 export interface AgentServiceDeps {
   manager: CollectorManager;
   identity: Identity;
-  collect: () => Promise<MetricFamily[]>;
   nodeName: string;
   bpfStats: boolean;
   /** Reads and applies the configuration again; throws ConfigError for an invalid one. */
@@ -149,7 +155,8 @@ export class AgentService {
   }
 
   async flows(query: FlowQuery): Promise<FlowsResult> {
-    const collected = await this.deps.collect();
+    // The network collector's families are all flows read; the other collectors' maps are not.
+    const collected = await this.deps.manager.collectOf('network');
     const at = Date.now();
     const names = families[query.view];
     const byName = new Map(collected.map((f) => [f.name, f]));

@@ -130,9 +130,7 @@ export class CollectorManager {
    * it is enabled again (Prometheus sees a counter reset).
    */
   setEnabled(name: string, enabled: boolean): Promise<CollectorState> {
-    const entry = this.entries.find((e) => e.state.name === name);
-    if (!entry) return Promise.reject(new UnknownCollectorError(name, this.entries.map((e) => e.state.name)));
-    const run = entry.change.then(async () => {
+    return this.change(name, async (entry) => {
       if (entry.state.enabled === enabled) return { ...entry.state };
       if (enabled) {
         entry.collector = entry.create();
@@ -147,8 +145,6 @@ export class CollectorManager {
       this.log.info({ collector: name, enabled, up: entry.state.up, reason: entry.state.reason }, enabled ? 'collector enabled' : 'collector disabled');
       return { ...entry.state };
     });
-    entry.change = run.catch(() => undefined);
-    return run;
   }
 
   /**
@@ -157,9 +153,7 @@ export class CollectorManager {
    * over). Call after the context's config is the new one.
    */
   reconfigure(name: string, next: AgentConfig): Promise<'in place' | 'restarted' | 'not running'> {
-    const entry = this.entries.find((e) => e.state.name === name);
-    if (!entry) return Promise.reject(new UnknownCollectorError(name, this.entries.map((e) => e.state.name)));
-    const run = entry.change.then(async () => {
+    return this.change(name, async (entry) => {
       if (!entry.state.enabled) return 'not running' as const;
       if (entry.state.up && (await entry.collector.reconfigure?.(next))) return 'in place' as const;
       await this.stopOne(entry, 'restarting with a new configuration');
@@ -167,8 +161,21 @@ export class CollectorManager {
       await this.startOne(entry);
       return 'restarted' as const;
     });
+  }
+
+  /** Runs a lifecycle change of one collector after the ones before it; an unknown name rejects with the known ones. */
+  private change<T>(name: string, apply: (entry: Entry) => Promise<T>): Promise<T> {
+    const entry = this.entries.find((e) => e.state.name === name);
+    if (!entry) return Promise.reject(new UnknownCollectorError(name, this.entries.map((e) => e.state.name)));
+    const run = entry.change.then(() => apply(entry));
     entry.change = run.catch(() => undefined);
     return run;
+  }
+
+  /** One collection of one collector, when it runs (the flows API needs only the network collector's maps). */
+  async collectOf(name: string): Promise<MetricFamily[]> {
+    const entry = this.entries.find((e) => e.state.name === name);
+    return entry?.state.up ? this.collectOne(entry) : [];
   }
 
   private publish({ state }: Entry): void {
