@@ -6,7 +6,7 @@ import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
 import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable } from './client.js';
-import type { AgentStatus, CollectorStatus, FlowQuery, FlowsResult } from './api/service.js';
+import { flowDirections, flowProtocols, flowSorts, flowViews, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult } from './api/service.js';
 import type { ConfigChange } from './reload.js';
 
 const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
@@ -137,12 +137,12 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
   .option('--namespace <namespace>', 'only this namespace')
   .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode)')
   .option('--peer <peer>', 'only this peer: workload, namespace/workload or class (host, node, world, …)')
-  .addOption(new Option('--direction <direction>', 'only this direction').choices(['ingress', 'egress']))
-  .addOption(new Option('--view <view>', 'split by peer or by protocol').choices(['peer', 'protocol']).default('peer'))
-  .addOption(new Option('--protocol <protocol>', 'only this protocol (view protocol)').choices(['tcp', 'udp', 'icmp', 'other']))
-  .addOption(new Option('--sort <field>', 'order by').choices(['bytes', 'packets']).default('bytes'))
+  .addOption(new Option('--direction <direction>', 'only this direction').choices(flowDirections))
+  .addOption(new Option('--view <view>', 'split by peer or by protocol').choices(flowViews).default('peer'))
+  .addOption(new Option('--protocol <protocol>', 'only this protocol (view protocol)').choices(flowProtocols))
+  .addOption(new Option('--sort <field>', 'order by').choices(flowSorts).default('bytes'))
   .option('--top <n>', 'how many', '20')
-  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; peer?: string; direction?: string; view: string; protocol?: string; sort: 'bytes' | 'packets'; top: string } & ClusterFlags) => {
+  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; peer?: string; direction?: FlowQuery['direction']; view: string; protocol?: FlowQuery['protocol']; sort: FlowQuery['sort']; top: string } & ClusterFlags) => {
     const query = new URLSearchParams({ view: options.view, sort: options.sort, limit: options.top });
     for (const key of ['namespace', 'pod', 'peer', 'direction', 'protocol'] as const) {
       const value = options[key];
@@ -159,7 +159,7 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
         ...(options.pod !== undefined ? { pod: options.pod } : {}),
         ...(options.peer !== undefined ? { peer: options.peer } : {}),
         ...(options.protocol !== undefined ? { protocol: options.protocol } : {}),
-        ...(options.direction !== undefined ? { direction: options.direction as 'ingress' | 'egress' } : {}),
+        ...(options.direction !== undefined ? { direction: options.direction } : {}),
       };
       const result = await flowsFromPrometheus(options.prometheus, flowQuery);
       print(options.output, result, () => renderClusterFlows(result, options.output === 'wide', []));

@@ -8,7 +8,7 @@ import { fileURLToPath } from 'node:url';
 import type { ListenAddress } from '../config.js';
 import type { Logger } from '../log.js';
 import type { AgentEvents, TimedEvent } from './events.js';
-import type { AgentService, FlowQuery } from './service.js';
+import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, type AgentService, type FlowQuery } from './service.js';
 
 const protoPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../proto/probepilot/v1/agent.proto');
 
@@ -39,19 +39,19 @@ function oneOf<T extends string>(field: string, value: string, allowed: readonly
 
 /** The same rules as the REST querystring schema. */
 export function flowQueryOf(request: FlowsRequest): FlowQuery {
-  const view = oneOf('view', request.view, ['peer', 'protocol'] as const, 'peer')!;
-  const limit = request.limit === 0 ? 20 : request.limit;
-  if (limit > 10000) throw new InvalidArgument('limit must be from 1 to 10000 (0: 20)');
-  const protocol = oneOf('protocol', request.protocol, ['tcp', 'udp', 'icmp', 'other'] as const);
+  const view = oneOf('view', request.view, flowViews, 'peer')!;
+  const limit = request.limit === 0 ? flowLimit.default : request.limit;
+  if (limit > flowLimit.max) throw new InvalidArgument(`limit must be from 1 to ${flowLimit.max} (0: ${flowLimit.default})`);
+  const protocol = oneOf('protocol', request.protocol, flowProtocols);
   if (view === 'peer' && protocol !== undefined) throw new InvalidArgument('protocol applies to view=protocol only');
   if (view === 'protocol' && request.peer !== '') throw new InvalidArgument('peer applies to view=peer only');
   for (const field of ['namespace', 'pod', 'peer'] as const) {
     if (/[\u0000-\u001f\u007f]/.test(request[field]) || request[field].length > 4096) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
   }
-  const direction = oneOf('direction', request.direction, ['ingress', 'egress'] as const);
+  const direction = oneOf('direction', request.direction, flowDirections);
   return {
     view,
-    sort: oneOf('sort', request.sort, ['bytes', 'packets'] as const, 'bytes')!,
+    sort: oneOf('sort', request.sort, flowSorts, 'bytes')!,
     limit,
     ...(request.namespace ? { namespace: request.namespace } : {}),
     ...(request.pod ? { pod: request.pod } : {}),

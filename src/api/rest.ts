@@ -8,7 +8,7 @@ import { UnknownCollectorError } from '../collectors/manager.js';
 import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import type { AgentEvents, TimedEvent } from './events.js';
-import type { AgentService, FlowQuery } from './service.js';
+import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, type AgentService, type FlowQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -157,22 +157,22 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
         type: 'object',
         additionalProperties: false,
         properties: {
-          view: { type: 'string', enum: ['peer', 'protocol'], default: 'peer' },
+          view: { type: 'string', enum: flowViews, default: 'peer' },
           namespace: name,
           pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' },
           peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printable, description: 'A peer workload (or pod), namespace/name, or peer class.' },
-          protocol: { type: 'string', enum: ['tcp', 'udp', 'icmp', 'other'], description: 'view=protocol only.' },
-          direction: { type: 'string', enum: ['ingress', 'egress'] },
-          sort: { type: 'string', enum: ['bytes', 'packets'], default: 'bytes' },
-          limit: { type: 'integer', minimum: 1, maximum: 10000, default: 20 },
+          protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol only.' },
+          direction: { type: 'string', enum: flowDirections },
+          sort: { type: 'string', enum: flowSorts, default: 'bytes' },
+          limit: { type: 'integer', minimum: 1, maximum: flowLimit.max, default: flowLimit.default },
         },
       },
       response: flowsSchema,
       handler: async (request, reply) => {
         const query = request.query as FlowQuery;
         // The schema's coercion reads "1e400" as a number; only a plain integer in range is a limit.
-        if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > 10000) {
-          return reply.code(400).send({ error: 'bad_request', message: 'querystring/limit must be an integer from 1 to 10000' });
+        if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > flowLimit.max) {
+          return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${flowLimit.max}` });
         }
         if (query.view === 'peer' && query.protocol !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });

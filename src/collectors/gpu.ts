@@ -142,9 +142,12 @@ export function gpuFamilyDescriptors(identityLabels: readonly string[], dcgmExpo
   ];
 }
 
+const processMemoryName = 'probepilot_gpu_process_memory_used_bytes';
+const processUtilizationName = 'probepilot_gpu_process_utilization_ratio';
+
 function processMemoryFamily(identityLabels: readonly string[]): FamilyDescriptor {
   return {
-    name: 'probepilot_gpu_process_memory_used_bytes',
+    name: processMemoryName,
     help: 'Device memory the processes of a workload use on a GPU (NVML running compute processes, attributed by process cgroup).',
     type: 'gauge',
     labelNames: [...deviceLabels, ...identityLabels],
@@ -153,7 +156,7 @@ function processMemoryFamily(identityLabels: readonly string[]): FamilyDescripto
 
 function processUtilizationFamily(identityLabels: readonly string[]): FamilyDescriptor {
   return {
-    name: 'probepilot_gpu_process_utilization_ratio',
+    name: processUtilizationName,
     help: 'Share of a GPU\'s time the processes of a workload kept its SMs busy since the previous collection (NVML process utilization, summed per workload).',
     type: 'gauge',
     labelNames: [...deviceLabels, ...identityLabels],
@@ -185,7 +188,8 @@ function perWorkload(
 
 /** One collection's families from an NVML snapshot and the kubelet's allocations. */
 export function gpuFamilies(snapshot: NvmlSnapshot, dcgm: DcgmSample, allocations: readonly DeviceAllocation[], options: GpuFamilyOptions): MetricFamily[] {
-  const out = new Map<string, ScalarSample[]>(gpuFamilyDescriptors(options.identity.labelNames('container'), options.dcgmExporterNames).map((d) => [d.name, []]));
+  const descriptors = gpuFamilyDescriptors(options.identity.labelNames('container'), options.dcgmExporterNames);
+  const out = new Map<string, ScalarSample[]>(descriptors.map((d) => [d.name, []]));
   const push = (name: string, labels: Labels, value: number) => out.get(name)!.push({ labels, value });
   push(families.dcgmUp.name, { reason: sanitizeLabelValue(dcgm.unavailable) }, dcgm.unavailable ? 0 : 1);
   const profiling = new Map(dcgm.gpus.map((g) => [g.uuid, g.values]));
@@ -216,9 +220,8 @@ export function gpuFamilies(snapshot: NvmlSnapshot, dcgm: DcgmSample, allocation
       const v = profiled[field];
       if (v !== undefined) push(family.name, { ...labels, ...extra }, v);
     }
-    const identityLabels = options.identity.labelNames('container');
-    for (const s of perWorkload(device, device.processes.map((p) => ({ pid: p.pid, value: p.memoryBytes })), options)) push(processMemoryFamily(identityLabels).name, s.labels, s.value);
-    for (const s of perWorkload(device, device.processUtilization.map((p) => ({ pid: p.pid, value: p.smPercent / 100 })), options)) push(processUtilizationFamily(identityLabels).name, s.labels, s.value);
+    for (const s of perWorkload(device, device.processes.map((p) => ({ pid: p.pid, value: p.memoryBytes })), options)) push(processMemoryName, s.labels, s.value);
+    for (const s of perWorkload(device, device.processUtilization.map((p) => ({ pid: p.pid, value: p.smPercent / 100 })), options)) push(processUtilizationName, s.labels, s.value);
     if (options.dcgmExporterNames) {
       // dcgm-exporter names the pod only when one container holds the GPU.
       const holder = allocated.length === 1 ? allocated[0]! : undefined;
@@ -238,7 +241,7 @@ export function gpuFamilies(snapshot: NvmlSnapshot, dcgm: DcgmSample, allocation
       }
     }
   }
-  return gpuFamilyDescriptors(options.identity.labelNames('container'), options.dcgmExporterNames).map((d) => ({ ...d, type: d.type as 'gauge' | 'counter', samples: out.get(d.name)! }));
+  return descriptors.map((d) => ({ ...d, type: d.type as 'gauge' | 'counter', samples: out.get(d.name)! }));
 }
 
 function scaled(value: number | undefined, scale: number): number | undefined {

@@ -386,11 +386,12 @@ export class KubernetesIdentity implements Identity {
   }
 
   describe(): Record<string, number> {
+    const peers = this.peers();
     return {
       pods: this.pods.size,
       ...(this.clusterPods ? { clusterPods: this.clusterPods.records.size } : {}),
       ...(this.nodes ? { nodes: this.nodes.records.size } : {}),
-      peerAddresses: this.peers().pods.size + this.peers().nodes.size,
+      peerAddresses: peers.pods.size + peers.nodes.size,
       labelCache: this.cache.size,
     };
   }

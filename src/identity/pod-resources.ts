@@ -16,7 +16,6 @@ export interface DeviceAllocation {
   deviceId: string;
 }
 
-type Field = { number: number; wire: 0 | 1 | 5; value: bigint } | { number: number; wire: 2; bytes: Buffer };
 
 function readVarint(buf: Buffer, offset: number): [bigint, number] {
   let result = 0n;
@@ -31,8 +30,12 @@ function readVarint(buf: Buffer, offset: number): [bigint, number] {
   throw new Error('pod-resources response: truncated or overlong varint');
 }
 
-/** The fields of one protobuf message, in order. */
-function* fields(buf: Buffer): Generator<Field> {
+/**
+ * The length-delimited fields of a message (strings, nested messages) by
+ * field number, in order; varint and fixed-size fields are stepped over.
+ */
+function delimited(buf: Buffer): Map<number, Buffer[]> {
+  const out = new Map<number, Buffer[]>();
   let offset = 0;
   while (offset < buf.length) {
     const [tag, next] = readVarint(buf, offset);
@@ -40,25 +43,21 @@ function* fields(buf: Buffer): Generator<Field> {
     const number = Number(tag >> 3n);
     const wire = Number(tag & 7n);
     switch (wire) {
-      case 0: {
-        const [value, after] = readVarint(buf, offset);
-        offset = after;
-        yield { number, wire, value };
+      case 0:
+        offset = readVarint(buf, offset)[1];
         break;
-      }
       case 1:
-      case 5: {
-        const size = wire === 1 ? 8 : 4;
-        if (offset + size > buf.length) throw new Error('pod-resources response: truncated fixed-size field');
-        yield { number, wire, value: wire === 1 ? buf.readBigUInt64LE(offset) : BigInt(buf.readUInt32LE(offset)) };
-        offset += size;
+      case 5:
+        offset += wire === 1 ? 8 : 4;
+        if (offset > buf.length) throw new Error('pod-resources response: truncated fixed-size field');
         break;
-      }
       case 2: {
         const [length, after] = readVarint(buf, offset);
         const end = after + Number(length);
         if (end > buf.length) throw new Error('pod-resources response: truncated length-delimited field');
-        yield { number, wire, bytes: buf.subarray(after, end) };
+        const list = out.get(number);
+        if (list) list.push(buf.subarray(after, end));
+        else out.set(number, [buf.subarray(after, end)]);
         offset = end;
         break;
       }
@@ -66,50 +65,32 @@ function* fields(buf: Buffer): Generator<Field> {
         throw new Error(`pod-resources response: unsupported wire type ${wire}`);
     }
   }
+  return out;
 }
 
-function bytesOf(field: Field): Buffer | undefined {
-  return field.wire === 2 ? field.bytes : undefined;
+/** A string field; the last occurrence wins, as in proto3. */
+function text(message: Map<number, Buffer[]>, number: number): string {
+  return message.get(number)?.at(-1)?.toString('utf8') ?? '';
 }
 
-/** ListPodResourcesResponse { repeated PodResources pod_resources = 1 } → one entry per container device. */
+/**
+ * ListPodResourcesResponse { repeated PodResources pod_resources = 1 }, with
+ * PodResources { name = 1; namespace = 2; repeated ContainerResources containers = 3 },
+ * ContainerResources { name = 1; repeated ContainerDevices devices = 2; … } and
+ * ContainerDevices { resource_name = 1; repeated string device_ids = 2; … }:
+ * one entry per container device.
+ */
 export function decodeListResponse(buf: Buffer): DeviceAllocation[] {
   const out: DeviceAllocation[] = [];
-  for (const podField of fields(buf)) {
-    const podBytes = podField.number === 1 ? bytesOf(podField) : undefined;
-    if (!podBytes) continue;
-    // PodResources { name = 1; namespace = 2; repeated ContainerResources containers = 3 }
-    let pod = '';
-    let namespace = '';
-    const containers: Buffer[] = [];
-    for (const f of fields(podBytes)) {
-      const bytes = bytesOf(f);
-      if (!bytes) continue;
-      if (f.number === 1) pod = bytes.toString('utf8');
-      else if (f.number === 2) namespace = bytes.toString('utf8');
-      else if (f.number === 3) containers.push(bytes);
-    }
-    for (const containerBytes of containers) {
-      // ContainerResources { name = 1; repeated ContainerDevices devices = 2; … }
-      let container = '';
-      const devices: Buffer[] = [];
-      for (const f of fields(containerBytes)) {
-        const bytes = bytesOf(f);
-        if (!bytes) continue;
-        if (f.number === 1) container = bytes.toString('utf8');
-        else if (f.number === 2) devices.push(bytes);
-      }
-      for (const deviceBytes of devices) {
-        // ContainerDevices { resource_name = 1; repeated string device_ids = 2; topology = 3 }
-        let resourceName = '';
-        const ids: string[] = [];
-        for (const f of fields(deviceBytes)) {
-          const bytes = bytesOf(f);
-          if (!bytes) continue;
-          if (f.number === 1) resourceName = bytes.toString('utf8');
-          else if (f.number === 2) ids.push(bytes.toString('utf8'));
+  for (const podBytes of delimited(buf).get(1) ?? []) {
+    const pod = delimited(podBytes);
+    for (const containerBytes of pod.get(3) ?? []) {
+      const container = delimited(containerBytes);
+      for (const deviceBytes of container.get(2) ?? []) {
+        const devices = delimited(deviceBytes);
+        for (const id of devices.get(2) ?? []) {
+          out.push({ namespace: text(pod, 2), pod: text(pod, 1), container: text(container, 1), resourceName: text(devices, 1), deviceId: id.toString('utf8') });
         }
-        for (const deviceId of ids) out.push({ namespace, pod, container, resourceName, deviceId });
       }
     }
   }
