@@ -153,6 +153,8 @@ export class GrpcApi {
         }
         const stream = call as ServerWritableStream<unknown, unknown>;
         const send = (event: StreamedEvent): boolean => {
+          // Between the client leaving and the subscription ending: nobody to lose it for.
+          if (call.cancelled || call.destroyed || call.writableEnded) return true;
           // A client that does not read is not buffered for without bound: its events are dropped (and counted).
           if (call.writableLength > maxStreamBacklogMessages) return false;
           call.write(eventMessage(event));

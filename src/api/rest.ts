@@ -234,7 +234,10 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         }
         const res = reply.raw;
         let corked = false;
+        let ended = false;
         const send = (event: StreamedEvent): boolean => {
+          // Between the client leaving and the subscription ending: nobody to lose it for.
+          if (ended || res.destroyed) return true;
           // A client that does not read is not buffered for without bound: its events are dropped (and counted).
           if (res.writableLength > maxStreamBacklogBytes) return false;
           // Events arrive in batches: one socket write per batch, not one per event.
@@ -264,7 +267,6 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         res.write(': probepilot events\n\n');
         // Proxies close idle streams: a comment now and then keeps it open.
         const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
-        let ended = false;
         const end = (): void => {
           if (ended) return;
           ended = true;
@@ -274,7 +276,9 @@ export function registerApi(app: AgentApp, service: AgentService): void {
           res.end();
         };
         streams.add(end);
-        request.raw.on('close', end);
+        // The response closes when the client goes, whenever that was (also while the trace was being opened).
+        res.on('close', end);
+        if (res.destroyed) end();
       },
     },
   ];

@@ -196,9 +196,11 @@ export class EventPipeline {
     const filtered = [...this.subscribers].some((s) => s.filter.namespace !== undefined || s.filter.pod !== undefined);
     if (filtered && !this.refreshTimer) {
       this.refreshTimer = setInterval(() => {
-        void this.changes.run(async () => {
-          if (this.object) this.writeCgroups(this.object);
-        });
+        this.changes
+          .run(async () => {
+            if (this.object) this.writeCgroups(this.object);
+          })
+          .catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'cannot update the traced cgroups; the previous set stays'));
       }, cgroupRefreshMs);
       this.refreshTimer.unref();
     } else if (!filtered && this.refreshTimer) {
@@ -343,7 +345,13 @@ export class EventPipeline {
       this.read[event.type]++;
       for (const subscriber of this.subscribers) {
         if (!this.wants(subscriber, event, record)) continue;
-        if (!subscriber.listener(event)) this.lost.subscriber_slow++;
+        try {
+          if (!subscriber.listener(event)) this.lost.subscriber_slow++;
+        } catch (err) {
+          // One broken transport must not stop the others' events (nor the reader).
+          this.lost.subscriber_slow++;
+          this.log.warn({ kind: event.type, err: describeError(err) }, 'a trace subscriber failed an event');
+        }
       }
     }
   }
