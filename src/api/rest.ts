@@ -8,7 +8,7 @@ import { UnknownCollectorError } from '../collectors/manager.js';
 import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import type { AgentEvents, TimedEvent } from './events.js';
-import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, type AgentService, type FlowQuery } from './service.js';
+import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -98,6 +98,38 @@ const flowsSchema: JsonSchema = {
 /** Printable text: names, paths and classes never contain control characters. */
 const printable = '^[^\\u0000-\\u001f\\u007f]+$';
 const name: JsonSchema = { type: 'string', minLength: 1, maxLength: 253, pattern: printable };
+const podOrCgroup: JsonSchema = { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' };
+
+const workloadsSchema: JsonSchema = {
+  type: 'object',
+  properties: {
+    total: { type: 'number' },
+    intervalSeconds: { ...nullableNumber, description: 'The interval rates and the run-queue p99 are over; null for the first query (they are null then).' },
+    collectorsOff: { type: 'array', items: { type: 'string' }, description: 'Collectors a column needs that are not running: their columns are null.' },
+    workloads: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          workload: labels,
+          rxBytesPerSecond: nullableNumber,
+          txBytesPerSecond: nullableNumber,
+          rxPacketsPerSecond: nullableNumber,
+          txPacketsPerSecond: nullableNumber,
+          runqueueLatencyP99Seconds: { ...nullableNumber, description: 'From the run-queue histogram buckets filled during the interval.' },
+          syscallsPerSecond: nullableNumber,
+          tcpRetransmitsPerSecond: nullableNumber,
+          gpuUtilization: { ...nullableNumber, description: 'Share of GPU time its processes kept SMs busy, summed over GPUs.' },
+        },
+      },
+    },
+  },
+};
+
+/** "limit" as a plain integer in range: the schema's coercion also reads "1e400" as a number. */
+function badLimit(limit: number, max: number): { error: string; message: string } | undefined {
+  return Number.isSafeInteger(limit) && limit >= 1 && limit <= max ? undefined : { error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${max}` };
+}
 
 /** The agent's fastify instance (its logger is the agent's pino logger). */
 type AgentApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, Logger>;
@@ -159,7 +191,7 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
         properties: {
           view: { type: 'string', enum: flowViews, default: 'peer' },
           namespace: name,
-          pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' },
+          pod: podOrCgroup,
           peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printable, description: 'A peer workload (or pod), namespace/name, or peer class.' },
           protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol only.' },
           direction: { type: 'string', enum: flowDirections },
@@ -170,10 +202,8 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
       response: flowsSchema,
       handler: async (request, reply) => {
         const query = request.query as FlowQuery;
-        // The schema's coercion reads "1e400" as a number; only a plain integer in range is a limit.
-        if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > flowLimit.max) {
-          return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${flowLimit.max}` });
-        }
+        const limitError = badLimit(query.limit, flowLimit.max);
+        if (limitError) return reply.code(400).send(limitError);
         if (query.view === 'peer' && query.protocol !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });
         }
@@ -181,6 +211,28 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
         }
         return service.flows(query);
+      },
+    },
+    {
+      method: 'GET',
+      url: '/api/v1/workloads',
+      summary: 'Per workload: network bytes and packets per second, run-queue latency p99, syscalls and TCP retransmits per second over the last interval, GPU utilization',
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          namespace: name,
+          pod: podOrCgroup,
+          sort: { type: 'string', enum: workloadSorts, default: 'rx', description: 'A column, largest first (name: alphabetically).' },
+          limit: { type: 'integer', minimum: 1, maximum: workloadLimit.max, default: workloadLimit.default },
+        },
+      },
+      response: workloadsSchema,
+      handler: async (request, reply) => {
+        const query = request.query as WorkloadQuery;
+        const limitError = badLimit(query.limit, workloadLimit.max);
+        if (limitError) return reply.code(400).send(limitError);
+        return service.workloads(query);
       },
     },
     {
