@@ -30,6 +30,7 @@ interface Column {
 const missing = '-';
 const number = (value: number | null, format: (n: number) => string) => (value === null ? missing : format(value));
 const perSecond = (n: number) => (n >= 100 ? n.toFixed(0) : n.toFixed(1));
+const bytesPerSecond = (n: number) => formatBytes(Math.round(n));
 
 export function formatDuration(seconds: number): string {
   if (seconds >= 1) return `${seconds.toFixed(2)} s`;
@@ -39,8 +40,8 @@ export function formatDuration(seconds: number): string {
 
 /** In display order; when the width is short the last ones go first. */
 const metricColumns: readonly Column[] = [
-  { header: 'RX/S', sort: 'rx', cell: (r) => number(r.rxBytesPerSecond, formatBytes) },
-  { header: 'TX/S', sort: 'tx', cell: (r) => number(r.txBytesPerSecond, formatBytes) },
+  { header: 'RX/S', sort: 'rx', cell: (r) => number(r.rxBytesPerSecond, bytesPerSecond) },
+  { header: 'TX/S', sort: 'tx', cell: (r) => number(r.txBytesPerSecond, bytesPerSecond) },
   { header: 'RX PKT/S', sort: 'rxPackets', cell: (r) => number(r.rxPacketsPerSecond, perSecond) },
   { header: 'TX PKT/S', sort: 'txPackets', cell: (r) => number(r.txPacketsPerSecond, perSecond) },
   { header: 'RUNQ P99', sort: 'runqueue', cell: (r) => number(r.runqueueLatencyP99Seconds, formatDuration) },

@@ -55,21 +55,25 @@ function TopApp({ options }: { options: TopOptions }) {
   }, [options]);
 
   useInput((input, key) => {
-    if (typing !== undefined) {
-      if (key.return) {
-        setFilter(typing);
-        setTyping(undefined);
-      } else if (key.escape) {
-        setFilter('');
-        setTyping(undefined);
-      } else if (key.backspace || key.delete) setTyping(typing.slice(0, -1));
-      else if (input && !key.ctrl && !key.meta) setTyping(typing + input);
+    if (typing !== undefined && (key.return || key.escape || key.backspace || key.delete)) {
+      if (key.return) setFilter(typing);
+      if (key.escape) setFilter('');
+      setTyping(key.backspace || key.delete ? typing.slice(0, -1) : undefined);
       return;
     }
-    if (input === 'q') exit();
-    else if (input === 's' || input === 'S') setSort(nextSort(sort, input === 's' ? 1 : -1));
-    else if (input === '/') setTyping(filter);
-    else if (key.escape) setFilter('');
+    if (key.escape) return setFilter('');
+    if (key.ctrl || key.meta) return;
+    // Keys typed quickly (or pasted) arrive together: each character counts.
+    let nextTyping = typing;
+    let next = sort;
+    for (const char of input) {
+      if (nextTyping !== undefined) nextTyping += char;
+      else if (char === 'q') return exit();
+      else if (char === 's' || char === 'S') next = nextSort(next, char === 's' ? 1 : -1);
+      else if (char === '/') nextTyping = filter;
+    }
+    setTyping(nextTyping);
+    setSort(next);
   });
 
   const shownFilter = typing ?? filter;

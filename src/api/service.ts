@@ -189,8 +189,8 @@ function keyOf(labels: Record<string, string>): string {
 export class AgentService {
   /** Per view: the flows' counters at recent queries. */
   private readonly flowReadings = new Map<FlowView, RateWindow<Map<string, { bytes: number; packets: number }>>>();
-  /** Every workload's counters at recent queries. */
-  private readonly workloadReadings = new RateWindow<Map<string, WorkloadReading>>();
+  /** Every workload's counters at recent queries, and when each collector was read. */
+  private readonly workloadReadings = new RateWindow<{ readAt: Record<string, number>; rows: Map<string, WorkloadReading> }>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -293,7 +293,15 @@ export class AgentService {
     const { manager, identity } = this.deps;
     const running = new Set(manager.states().filter((s) => s.up).map((s) => s.name));
     const sources = Object.keys(workloadSources) as Array<keyof typeof workloadSources>;
-    const collected = await Promise.all(sources.map((name) => (running.has(name) ? manager.collectOf(name) : Promise.resolve([]))));
+    // Collections take tens of milliseconds, some more than others: each collector's rates are over the time between its own reads.
+    const readAt: Record<string, number> = {};
+    const collected = await Promise.all(
+      sources.map(async (name) => {
+        const families = running.has(name) ? await manager.collectOf(name) : [];
+        readAt[name] = Date.now();
+        return families;
+      }),
+    );
     const at = Date.now();
     const byName = new Map(collected.flat().map((f) => [f.name, f]));
     const scalars = (name: string): ScalarSample[] => {
@@ -335,15 +343,20 @@ export class AgentService {
       row.gpu = (row.gpu ?? 0) + sample.value;
     }
 
-    const baseline = this.workloadReadings.advance(at, new Map([...rows].map(([key, row]) => [key, row.reading])));
+    const baseline = this.workloadReadings.advance(at, { readAt, rows: new Map([...rows].map(([key, row]) => [key, row.reading])) });
     const interval = baseline?.intervalSeconds ?? null;
     const on = (name: keyof typeof workloadSources) => running.has(name) && interval !== null;
+    /** Seconds between this collector's reads; the query's interval when it was not running at the earlier one. */
+    const intervalOf = (name: keyof typeof workloadSources) => {
+      const then = baseline?.values.readAt[name];
+      return then !== undefined && readAt[name]! > then ? (readAt[name]! - then) / 1000 : interval!;
+    };
     const workloads: WorkloadEntry[] = [];
     for (const [key, { workload, reading, gpu }] of rows) {
       if (!this.matchesWorkload(workload, query)) continue;
-      const before = baseline?.values.get(key);
+      const before = baseline?.values.rows.get(key);
       const rate = (collector: keyof typeof workloadSources, field: Exclude<keyof WorkloadReading, 'runqueue'>) =>
-        on(collector) ? ratePerSecond(reading[field], before?.[field], interval!) : null;
+        on(collector) ? ratePerSecond(reading[field], before?.[field], intervalOf(collector)) : null;
       workloads.push({
         workload,
         rxBytesPerSecond: rate('network', 'rxBytes'),

@@ -201,7 +201,7 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
   await t.test('openapi.json describes every route', async (t) => {
     const { body } = await api<{ openapi: string; paths: Record<string, Record<string, { parameters?: Array<{ name: string }> }>> }>(agent, '/api/v1/openapi.json');
     t.equal(body.openapi, '3.1.0');
-    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/config/reload', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status']);
+    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/config/reload', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status', '/api/v1/workloads']);
     t.same(body.paths['/api/v1/flows']!.get!.parameters!.map((p) => p.name), ['view', 'namespace', 'pod', 'peer', 'protocol', 'direction', 'sort', 'limit']);
   });
 
