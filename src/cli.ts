@@ -220,7 +220,7 @@ withClusterMode(clientCommand('top', 'live per-workload view: network rates, run
       return {
         total: answers.reduce((n, a) => n + a.value.total, 0),
         intervalSeconds: commonInterval(answers.map((a) => a.value.intervalSeconds)),
-        collectorsOff: [...new Set(answers.flatMap((a) => a.value.collectorsOff))].sort(),
+        collectorsOff: [...new Set(answers.flatMap((a) => a.value.collectorsOff))],
         // Each agent's top N, merged: the cluster's top N is among them.
         workloads: answers.flatMap(({ node, value }) => value.workloads.map((w) => ({ node, ...w }))).sort(compareWorkloads(sort)).slice(0, options.top),
         unreachable,

@@ -14,7 +14,8 @@ import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.
 import { requirePrivileges } from '../helpers/env.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
-import { execChecked, execCommand } from '../helpers/proc.js';
+import { execCommand } from '../helpers/proc.js';
+import { Terminal } from '../helpers/terminal.js';
 import { waitFor } from '../helpers/wait.js';
 import { compileWorkload } from '../helpers/workload.js';
 import type { WorkloadEntry, WorkloadsResult } from '../../src/api/service.js';
@@ -70,44 +71,6 @@ async function workloads(agent: AgentProcess, query: Record<string, string> = {}
 }
 
 const row = (result: WorkloadsResult, pod: string): WorkloadEntry | undefined => result.workloads.find((w) => w.workload.pod === pod);
-
-/** A tmux server of this test alone, with one session running a plain shell. */
-class Terminal {
-  private readonly socket = `pp-top-${process.pid}`;
-  constructor(readonly session: string) {}
-  tmux(...args: string[]): Promise<string> {
-    return execChecked('tmux', ['-L', this.socket, '-f', '/dev/null', ...args]);
-  }
-  async start(width: number, height: number): Promise<void> {
-    await this.tmux('-u', 'new-session', '-d', '-s', this.session, '-x', String(width), '-y', String(height), '-e', 'LANG=C.UTF-8', '-e', 'PS1=$ ', 'bash --norc --noprofile');
-  }
-  type(text: string): Promise<string> {
-    return this.tmux('send-keys', '-t', this.session, '-l', text);
-  }
-  key(...keys: string[]): Promise<string> {
-    return this.tmux('send-keys', '-t', this.session, ...keys);
-  }
-  async screen(): Promise<string[]> {
-    return (await this.tmux('capture-pane', '-p', '-t', this.session)).replace(/\n$/, '').split('\n');
-  }
-  async alternateScreen(): Promise<boolean> {
-    return (await this.tmux('display-message', '-p', '-t', this.session, '#{alternate_on}')).trim() === '1';
-  }
-  async waitForScreen(what: string, predicate: (lines: string[]) => boolean, timeoutMs = 15_000): Promise<string[]> {
-    let last: string[] = [];
-    try {
-      return await waitFor(async () => {
-        last = await this.screen();
-        return predicate(last) && last;
-      }, { timeoutMs, intervalMs: 200, what });
-    } catch (err) {
-      throw new Error(`${(err as Error).message}; the screen:\n${last.join('\n')}`);
-    }
-  }
-  async stop(): Promise<void> {
-    await execCommand('tmux', ['-L', this.socket, 'kill-server']);
-  }
-}
 
 /** The lines of the TUI's table: below its header, above the summary and footer. */
 function tableRows(screen: readonly string[]): string[] {
