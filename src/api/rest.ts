@@ -126,9 +126,17 @@ const workloadsSchema: JsonSchema = {
   },
 };
 
-/** "limit" as a plain integer in range: the schema's coercion also reads "1e400" as a number. */
-function badLimit(limit: number, max: number): { error: string; message: string } | undefined {
-  return Number.isSafeInteger(limit) && limit >= 1 && limit <= max ? undefined : { error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${max}` };
+const limitSchema = ({ max, default: fallback }: { max: number; default: number }): JsonSchema => ({ type: 'integer', minimum: 1, maximum: max, default: fallback });
+
+/** A handler of a query with a limit, which it checks first: the schema's coercion also reads "1e400" as a number, only a plain integer in range is a limit. */
+function limitedQuery<Q extends { limit: number }>(max: number, handle: (query: Q, reply: FastifyReply) => Promise<unknown>): Route['handler'] {
+  return async (request, reply) => {
+    const query = request.query as Q;
+    if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > max) {
+      return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${max}` });
+    }
+    return handle(query, reply);
+  };
 }
 
 /** The agent's fastify instance (its logger is the agent's pino logger). */
@@ -196,14 +204,11 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
           protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol only.' },
           direction: { type: 'string', enum: flowDirections },
           sort: { type: 'string', enum: flowSorts, default: 'bytes' },
-          limit: { type: 'integer', minimum: 1, maximum: flowLimit.max, default: flowLimit.default },
+          limit: limitSchema(flowLimit),
         },
       },
       response: flowsSchema,
-      handler: async (request, reply) => {
-        const query = request.query as FlowQuery;
-        const limitError = badLimit(query.limit, flowLimit.max);
-        if (limitError) return reply.code(400).send(limitError);
+      handler: limitedQuery<FlowQuery>(flowLimit.max, async (query, reply) => {
         if (query.view === 'peer' && query.protocol !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });
         }
@@ -211,7 +216,7 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
         }
         return service.flows(query);
-      },
+      }),
     },
     {
       method: 'GET',
@@ -224,16 +229,11 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
           namespace: name,
           pod: podOrCgroup,
           sort: { type: 'string', enum: workloadSorts, default: 'rx', description: 'A column, largest first (name: alphabetically).' },
-          limit: { type: 'integer', minimum: 1, maximum: workloadLimit.max, default: workloadLimit.default },
+          limit: limitSchema(workloadLimit),
         },
       },
       response: workloadsSchema,
-      handler: async (request, reply) => {
-        const query = request.query as WorkloadQuery;
-        const limitError = badLimit(query.limit, workloadLimit.max);
-        if (limitError) return reply.code(400).send(limitError);
-        return service.workloads(query);
-      },
+      handler: limitedQuery<WorkloadQuery>(workloadLimit.max, (query) => service.workloads(query)),
     },
     {
       method: 'GET',

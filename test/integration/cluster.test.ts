@@ -1,9 +1,9 @@
 // The CLI's cluster mode: two agents on loopback ports, each watching its own
 // pod, listed by EndpointSlices of the agents' Service from the Kubernetes API
 // fixture. status, flows and top (its snapshot and its TUI in tmux) merge
-// both; with one agent stopped it is listed
-// as unreachable (exit 1) and the other's data is still shown. With
-// --prometheus the same commands answer from a real Prometheus scraping both.
+// both; with one agent stopped it is listed as unreachable (exit 1) and the
+// other's data is still shown. With --prometheus status and flows answer from
+// a real Prometheus scraping both.
 import t from 'tap';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
