@@ -190,7 +190,7 @@ export class AgentService {
   /** Per view: the flows' counters at recent queries. */
   private readonly flowReadings = new Map<FlowView, RateWindow<Map<string, { bytes: number; packets: number }>>>();
   /** Every workload's counters at recent queries, and when each collector was read. */
-  private readonly workloadReadings = new RateWindow<{ readAt: Record<string, number>; rows: Map<string, WorkloadReading> }>();
+  private readonly workloadReadings = new RateWindow<{ readAt: Partial<Record<keyof typeof workloadSources, number>>; rows: Map<string, WorkloadReading> }>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -294,10 +294,11 @@ export class AgentService {
     const running = new Set(manager.states().filter((s) => s.up).map((s) => s.name));
     const sources = Object.keys(workloadSources) as Array<keyof typeof workloadSources>;
     // Collections take tens of milliseconds, some more than others: each collector's rates are over the time between its own reads.
-    const readAt: Record<string, number> = {};
+    const readAt: Partial<Record<keyof typeof workloadSources, number>> = {};
     const collected = await Promise.all(
       sources.map(async (name) => {
-        const families = running.has(name) ? await manager.collectOf(name) : [];
+        if (!running.has(name)) return [];
+        const families = await manager.collectOf(name);
         readAt[name] = Date.now();
         return families;
       }),
@@ -345,25 +346,26 @@ export class AgentService {
 
     const baseline = this.workloadReadings.advance(at, { readAt, rows: new Map([...rows].map(([key, row]) => [key, row.reading])) });
     const interval = baseline?.intervalSeconds ?? null;
-    const on = (name: keyof typeof workloadSources) => running.has(name) && interval !== null;
-    /** Seconds between this collector's reads; the query's interval when it was not running at the earlier one. */
-    const intervalOf = (name: keyof typeof workloadSources) => {
-      const then = baseline?.values.readAt[name];
-      return then !== undefined && readAt[name]! > then ? (readAt[name]! - then) / 1000 : interval!;
+    /** Seconds between this collector's two reads; null when it did not run at both (no rates from it yet). */
+    const intervalOf = (name: keyof typeof workloadSources): number | null => {
+      const [then, now] = [baseline?.values.readAt[name], readAt[name]];
+      return then !== undefined && now !== undefined && now > then ? (now - then) / 1000 : null;
     };
     const workloads: WorkloadEntry[] = [];
     for (const [key, { workload, reading, gpu }] of rows) {
       if (!this.matchesWorkload(workload, query)) continue;
       const before = baseline?.values.rows.get(key);
-      const rate = (collector: keyof typeof workloadSources, field: Exclude<keyof WorkloadReading, 'runqueue'>) =>
-        on(collector) ? ratePerSecond(reading[field], before?.[field], intervalOf(collector)) : null;
+      const rate = (collector: keyof typeof workloadSources, field: Exclude<keyof WorkloadReading, 'runqueue'>) => {
+        const seconds = intervalOf(collector);
+        return seconds === null ? null : ratePerSecond(reading[field], before?.[field], seconds);
+      };
       workloads.push({
         workload,
         rxBytesPerSecond: rate('network', 'rxBytes'),
         txBytesPerSecond: rate('network', 'txBytes'),
         rxPacketsPerSecond: rate('network', 'rxPackets'),
         txPacketsPerSecond: rate('network', 'txPackets'),
-        runqueueLatencyP99Seconds: on('sched') && reading.runqueue ? histogramQuantile(0.99, runqueueBounds, histogramDelta(reading.runqueue, before?.runqueue)) : null,
+        runqueueLatencyP99Seconds: intervalOf('sched') !== null && reading.runqueue ? histogramQuantile(0.99, runqueueBounds, histogramDelta(reading.runqueue, before?.runqueue)) : null,
         syscallsPerSecond: rate('syscalls', 'syscalls'),
         tcpRetransmitsPerSecond: rate('tcp', 'retransmits'),
         gpuUtilization: running.has('gpu') ? gpu : null,

@@ -107,6 +107,20 @@ t.test('rates and the run-queue p99 are over the interval since the previous que
   t.same(filtered.workloads.map((w) => w.workload.cgroup), ['/b'], 'pod matches the cgroup path in standalone mode');
 });
 
+t.test('a collector switched on between two queries gives rates only from its second read', async (t) => {
+  const running = ['syscalls'];
+  const manager = fakeManager(running, reading(1_000_000, 100, [0, 0, 0, 0, 0]));
+  const service = new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: async () => ({ applied: [], restartRequired: [] }) });
+  await service.workloads({ sort: 'name', limit: 50 });
+  running.push('network');
+  await new Promise((r) => setTimeout(r, 1100));
+  const first = (await service.workloads({ sort: 'name', limit: 50 })).workloads.find((w) => w.workload.cgroup === '/a')!;
+  t.same([first.txBytesPerSecond, first.syscallsPerSecond], [null, 0], 'network has one read: no rate (its counts since it started are not over this interval)');
+  await new Promise((r) => setTimeout(r, 1100));
+  const second = (await service.workloads({ sort: 'name', limit: 50 })).workloads.find((w) => w.workload.cgroup === '/a')!;
+  t.equal(second.txBytesPerSecond, 0, 'two reads: its rate');
+});
+
 const entry = (workload: Record<string, string>, values: Partial<WorkloadEntry>): TopRow => ({
   workload,
   rxBytesPerSecond: 0,
