@@ -5,12 +5,12 @@
 // The TUI runs in a real terminal (tmux): its row for the sender shows the
 // rate, sort and filter keys reorder and hide rows, a resize changes the
 // columns, q leaves the shell's screen as it was; without a terminal it
-// prints one snapshot.
+// prints one snapshot. gRPC QueryWorkloads answers the same.
 import t from 'tap';
 import { type ChildProcess } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
+import { startKubernetesAgent, type AgentProcess } from '../helpers/agent.js';
 import { requirePrivileges } from '../helpers/env.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
@@ -19,6 +19,8 @@ import { Terminal } from '../helpers/terminal.js';
 import { waitFor } from '../helpers/wait.js';
 import { compileWorkload } from '../helpers/workload.js';
 import type { WorkloadEntry, WorkloadsResult } from '../../src/api/service.js';
+import { agentServiceDefinition } from '../../src/api/grpc.js';
+import { credentials, status as grpcStatus, type Client, type ServiceError } from '@grpc/grpc-js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 
@@ -98,16 +100,7 @@ t.test('the workloads API and probepilot top against a live agent', async (t) =>
   kube.upsertPod(podObject(web, { namespace: 'shop', name: 'web-0', owner: { kind: 'StatefulSet', name: 'web' } }));
   kube.upsertPod(podObject(pg, { namespace: 'db', name: 'pg-0', owner: { kind: 'StatefulSet', name: 'pg' } }));
   kube.upsertPod(podObject(worker, { namespace: 'batch', name: 'loop-0', owner: { kind: 'StatefulSet', name: 'loop' } }));
-  const agent = await startAgent({
-    env: {
-      ...onlyCollectors('network', 'sched', 'syscalls', 'tcp'),
-      PROBEPILOT_KUBERNETES_ENABLED: 'true',
-      PROBEPILOT_KUBERNETES_KUBECONFIG: kubeconfig,
-      NODE_NAME: 'test-node',
-      PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
-    },
-  });
-  t.teardown(() => agent.stop());
+  const { agent, grpcAddress } = await startKubernetesAgent(t, { kubeconfig, runId: net.runId, collectors: ['network', 'sched', 'syscalls', 'tcp'] });
 
   const sender = startSender(web, pg.ipv4, 180);
   t.teardown(() => void sender.kill());
@@ -167,6 +160,26 @@ t.test('the workloads API and probepilot top against a live agent', async (t) =>
     }
     const openapi = (await (await fetch(`${agent.url}/api/v1/openapi.json`)).json()) as { paths: Record<string, { get?: { parameters?: Array<{ name: string }> } }> };
     t.same(openapi.paths['/api/v1/workloads']?.get?.parameters?.map((p) => p.name), ['namespace', 'pod', 'sort', 'limit'], 'in the OpenAPI document with its parameters');
+  });
+
+  await t.test('gRPC QueryWorkloads answers as the REST API does', async (t) => {
+    const Agent = agentServiceDefinition();
+    const client = new Agent(grpcAddress, credentials.createInsecure()) as Client & Record<string, (...args: unknown[]) => unknown>;
+    t.teardown(() => client.close());
+    type GrpcWorkloads = { total: number; interval_seconds?: number; collectors_off: string[]; workloads: Array<{ workload: Record<string, string>; tx_bytes_per_second?: number; gpu_utilization?: number }> };
+    const call = (request: object) =>
+      new Promise<GrpcWorkloads>((resolve, reject) => client.QueryWorkloads!(request, (err: ServiceError | null, response: GrpcWorkloads) => (err ? reject(err) : resolve(response))));
+    await call({});
+    await new Promise((r) => setTimeout(r, 1100));
+    const answer = await call({ namespace: 'shop' });
+    const rest = await workloads(agent, { namespace: 'shop' });
+    t.same([answer.total, answer.collectors_off, answer.workloads.map((w) => w.workload)], [rest.total, rest.collectorsOff, rest.workloads.map((w) => w.workload)], 'the same workloads and collectors off');
+    const web = answer.workloads.find((w) => w.workload.pod === 'web-0');
+    t.ok(within(web?.tx_bytes_per_second ?? null, txBytesPerSecond, rateTolerance), `web-0 tx ${web?.tx_bytes_per_second?.toFixed(0)} B/s over ${answer.interval_seconds} s`);
+    t.notOk(web && 'gpu_utilization' in web, 'null in REST is an absent optional field');
+    for (const bad of [{ sort: 'bytes' }, { limit: 20000 }, { pod: 'a\u0000b' }]) {
+      await t.rejects(call(bad), { code: grpcStatus.INVALID_ARGUMENT }, `QueryWorkloads ${JSON.stringify(bad)} is INVALID_ARGUMENT`);
+    }
   });
 
   await t.test('without a terminal: one snapshot, as a table or JSON', async (t) => {
