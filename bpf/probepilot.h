@@ -9,6 +9,8 @@
  * outcomes live here: the common path must not pay for an extra map. */
 enum pp_stat {
 	PP_STAT_DROPPED_MAP_FULL = 0, /* an update found its map full: the event is not counted */
+	PP_STAT_EVENTS_RINGBUF_FULL = 1, /* a traced event found the ring buffer full: userspace is behind */
+	PP_STAT_EVENTS_RATE_LIMITED = 2, /* a traced event over its cgroup's rate: not sent */
 	PP_STAT_MAX = 4,
 };
 

@@ -23,6 +23,7 @@ import { AgentEvents } from './api/events.js';
 import { AgentService } from './api/service.js';
 import { GrpcApi } from './api/grpc.js';
 import { hostChecks } from './doctor.js';
+import { EventPipeline } from './events/pipeline.js';
 
 export class Agent {
   private manager: CollectorManager | undefined;
@@ -36,6 +37,7 @@ export class Agent {
   private otlp: OtlpExporter | undefined;
   private readonly events = new AgentEvents();
   private grpc: GrpcApi | undefined;
+  private pipeline: EventPipeline | undefined;
   private nodeName: string | undefined;
 
   private ctx: CollectorContext | undefined;
@@ -104,17 +106,19 @@ export class Agent {
     const manager = new CollectorManager(collectorFactories(ctx), log, this.statsHandle !== undefined, disabled, this.events);
     this.manager = manager;
 
-    const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...(this.otlp?.metrics() ?? [])];
+    const pipeline = new EventPipeline({ config, log, addon, identity });
+    this.pipeline = pipeline;
+    const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...pipeline.metrics(), ...(this.otlp?.metrics() ?? [])];
     if (config.otlp.endpoint) {
       this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
     }
-    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...(this.otlp?.families ?? [])], collect);
-    const service = new AgentService({ manager, identity, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined, reload: () => this.reload() });
-    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service, events: this.events });
+    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...pipeline.families, ...(this.otlp?.families ?? [])], collect);
+    const service = new AgentService({ events: this.events, pipeline, manager, identity, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined, reload: () => this.reload() });
+    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
     if (config.grpcListen) {
-      this.grpc = new GrpcApi(service, this.events, log.child({ component: 'grpc' }));
+      this.grpc = new GrpcApi(service, log.child({ component: 'grpc' }));
       const port = await this.grpc.listen(config.grpcListen);
       log.info({ address: `${config.grpcListen.host}:${port}` }, 'gRPC API listening');
     }
@@ -127,6 +131,7 @@ export class Agent {
     this.ready = false;
     await this.grpc?.close();
     await this.server?.close();
+    await this.pipeline?.stop();
     await this.otlp?.stop();
     await this.manager?.stop();
     await this.pods?.stop();

@@ -1,11 +1,12 @@
 #!/usr/bin/env node
 // probepilot: the agent (`probepilot agent`) and the commands an operator
-// runs against it (status, flows, top, collectors, reload; doctor checks the host).
+// runs against it (status, flows, top, collectors, reload, trace syscall/network;
+// doctor checks the host).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
-import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable } from './client.js';
+import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable, renderTraceEvent, streamEvents } from './client.js';
 import { compareWorkloads, flowDirections, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult, type WorkloadSort, type WorkloadsResult } from './api/service.js';
 import type { TopSnapshot } from './top-view.js';
 import type { ConfigChange } from './reload.js';
@@ -283,6 +284,74 @@ clientCommand('reload', 'make the agent read its configuration again (as SIGHUP)
     print(options.output, change, () => `applied: ${change.applied.join(', ') || 'nothing'}\nneeds a restart: ${change.restartRequired.join(', ') || 'nothing'}\n`);
   },
 );
+
+const trace = program.command('trace').description('live per-event streams, filtered in the kernel and attached only while you watch (Ctrl-C stops)');
+
+interface TraceOptions {
+  agent: string;
+  output: 'text' | 'json';
+  namespace?: string;
+  pod?: string;
+  syscall?: string;
+  count?: string;
+  duration?: string;
+}
+
+function traceCommand(kind: 'syscall' | 'network', description: string): Command {
+  return trace
+    .command(kind)
+    .description(description)
+    .addOption(new Option('--agent <url>', 'the agent\'s HTTP address (env PROBEPILOT_AGENT)').default(process.env.PROBEPILOT_AGENT ?? defaultAgentUrl))
+    .addOption(new Option('-o, --output <format>', 'a line per event, or one JSON object per line').choices(['text', 'json']).default('text'))
+    .option('--namespace <namespace>', 'only this namespace\'s pods')
+    .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode, with the cgroups below it)')
+    .option('--count <n>', 'stop after this many events')
+    .option('--duration <seconds>', 'stop after this long');
+}
+
+async function runTrace(kind: 'syscall' | 'network', options: TraceOptions): Promise<void> {
+  const positive = (flag: string, value: string | undefined): number | undefined => {
+    if (value === undefined) return undefined;
+    const n = Number(value);
+    if (!(n > 0)) throw new AgentRequestError(`${flag} must be a positive number, got ${JSON.stringify(value)}`);
+    return n;
+  };
+  const count = positive('--count', options.count);
+  const duration = positive('--duration', options.duration);
+  const query = new URLSearchParams({ types: kind });
+  if (options.namespace !== undefined) query.set('namespace', options.namespace);
+  if (options.pod !== undefined) query.set('pod', options.pod);
+  if (options.syscall !== undefined) query.set('syscalls', options.syscall);
+  const stop = new AbortController();
+  process.once('SIGINT', () => stop.abort());
+  process.once('SIGTERM', () => stop.abort());
+  if (duration !== undefined) setTimeout(() => stop.abort(), duration * 1000).unref();
+  let seen = 0;
+  // Events come in bursts: one write per burst keeps up with a busy pod.
+  let output = '';
+  const flush = (): void => {
+    if (output) process.stdout.write(output);
+    output = '';
+  };
+  await streamEvents(
+    options.agent,
+    `/api/v1/events?${query}`,
+    (event) => {
+      if (stop.signal.aborted) return;
+      if (!output) setImmediate(flush);
+      output += options.output === 'json' ? `${JSON.stringify(event)}\n` : renderTraceEvent(event);
+      if (count !== undefined && ++seen >= count) stop.abort();
+    },
+    { signal: stop.signal, onOpen: () => process.stderr.write(`tracing ${kind} events${options.pod ? ` of ${options.pod}` : ''}${options.namespace ? ` in ${options.namespace}` : ''}; Ctrl-C stops\n`) },
+  );
+  flush();
+}
+
+traceCommand('syscall', 'syscalls as they return: name, arguments, return value, duration, task and workload')
+  .option('--syscall <names>', 'only these syscalls, comma-separated (e.g. openat,connect)')
+  .action((options: TraceOptions) => runTrace('syscall', options));
+
+traceCommand('network', 'TCP connections as they change state, retransmit and get reset: addresses, ports, task and workload').action((options: TraceOptions) => runTrace('network', options));
 
 program.parseAsync().catch((err: unknown) => {
   // 2: the configuration is wrong; 1: the agent could not do what was asked.

@@ -1,6 +1,7 @@
 // The CLI's side of the REST API: a small client and the text renderings of
 // its answers (tables for people, JSON for scripts).
 import { workloadName, type AgentStatus, type CollectorStatus, type FlowEntry, type FlowsResult } from './api/service.js';
+import type { StreamedEvent, TraceEvent } from './api/events.js';
 
 export const defaultAgentUrl = 'http://127.0.0.1:9742';
 
@@ -147,4 +148,69 @@ export function renderClusterFlows(result: Omit<FlowsResult, 'flows'> & { flows:
   const width = Math.max(...nodes.map((n) => n.length));
   const table = lines.map((line, i) => (i < nodes.length && line ? `${nodes[i]!.padEnd(width)}  ${line}` : line)).join('\n');
   return table + renderUnreachable(unreachable);
+}
+
+/**
+ * Reads an event stream (Server-Sent Events) until signal aborts or the agent
+ * ends it; resolves then. Rejects with AgentRequestError when the agent refuses
+ * the stream (its message) or cannot be reached. onOpen runs once the stream is open.
+ */
+export async function streamEvents(baseUrl: string, path: string, onEvent: (event: StreamedEvent) => void, options: { signal: AbortSignal; onOpen?: () => void }): Promise<void> {
+  let res: Response;
+  try {
+    res = await fetch(new URL(path, baseUrl), { headers: { accept: 'text/event-stream' }, signal: options.signal });
+  } catch (err) {
+    if (options.signal.aborted) return;
+    throw new AgentRequestError(`cannot reach the agent at ${baseUrl}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`);
+  }
+  if (!res.ok || !res.body) {
+    const text = await res.text();
+    let message = res.statusText;
+    try {
+      message = (JSON.parse(text) as { message?: string }).message ?? message;
+    } catch {
+      // not JSON: the status text says it
+    }
+    throw new AgentRequestError(`GET ${path}: ${message} (${res.status})`);
+  }
+  options.onOpen?.();
+  const decoder = new TextDecoder();
+  let pending = '';
+  try {
+    for await (const chunk of res.body) {
+      const messages = (pending + decoder.decode(chunk as Uint8Array, { stream: true })).split('\n\n');
+      pending = messages.pop() ?? '';
+      for (const message of messages) {
+        const data = message
+          .split('\n')
+          .filter((line) => line.startsWith('data: '))
+          .map((line) => line.slice(6))
+          .join('\n');
+        if (data) onEvent(JSON.parse(data) as StreamedEvent);
+      }
+    }
+  } catch (err) {
+    if (!options.signal.aborted) throw new AgentRequestError(`the event stream broke: ${err instanceof Error ? err.message : String(err)}`);
+  }
+}
+
+function traceWorkload(event: TraceEvent): string {
+  return workloadName(event.workload) || '/';
+}
+
+/** One line per trace event: time, workload, task, then what happened. */
+export function renderTraceEvent(event: StreamedEvent): string {
+  const time = event.time.slice(11, 23);
+  if (event.type === 'syscall') {
+    const args = event.args.slice(0, 3).join(', ');
+    return `${time}  ${traceWorkload(event)}  ${event.comm}[${event.pid}/${event.tid}]  ${event.syscall}(${args}, …) = ${event.ret}  ${(event.durationSeconds * 1e6).toFixed(1)}µs\n`;
+  }
+  if (event.type === 'network') {
+    const task = event.pid ? `${event.comm}[${event.pid}]` : '-';
+    const what = event.event === 'state' ? `${event.oldState} → ${event.newState}` : `${event.event} (${event.newState})`;
+    const address = (host: string, port: number) => (event.family === 'ipv6' ? `[${host}]:${port}` : `${host}:${port}`);
+    return `${time}  ${traceWorkload(event)}  ${task}  tcp ${what}  ${address(event.source, event.sourcePort)} → ${address(event.destination, event.destinationPort)}\n`;
+  }
+  const { type, time: _time, ...rest } = event;
+  return `${time}  ${type}  ${JSON.stringify(rest)}\n`;
 }

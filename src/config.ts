@@ -52,6 +52,12 @@ export interface AgentConfig {
     maxInFlight: number;
     retry: { initialBackoffMs: number; maxBackoffMs: number; maxAttempts: number };
   };
+  events: {
+    ringBufferBytes: number;
+    ratePerSecond: number;
+    burst: number;
+    maxSubscribers: number;
+  };
   kubernetes: {
     enabled: boolean;
     kubeconfig: string;
@@ -181,6 +187,40 @@ export const schema = {
       initialBackoffMs: { kind: 'number', integer: true, min: 10, max: 60_000, default: 1000, doc: 'Wait before the first retry of a retryable failure; doubles with each retry, with jitter.' },
       maxBackoffMs: { kind: 'number', integer: true, min: 10, max: 600_000, default: 30_000, doc: 'Longest wait between retries.' },
       maxAttempts: { kind: 'number', integer: true, min: 1, max: 100, default: 6, doc: 'Attempts of one export, the first included, before it is given up.' },
+    },
+  },
+  events: {
+    ringBufferBytes: {
+      kind: 'number',
+      integer: true,
+      min: 65536,
+      max: 1073741824,
+      default: 4194304,
+      doc: 'Size of the kernel ring buffer every traced event goes through, rounded up to a power of two; when userspace falls behind and it fills, events are lost and counted (probepilot_events_lost_total{reason="ring_buffer_full"}).',
+    },
+    ratePerSecond: {
+      kind: 'number',
+      integer: true,
+      min: 0,
+      max: 10_000_000,
+      default: 5000,
+      doc: 'Events a cgroup may send per second while traced (a token bucket in the kernel), so one workload cannot flood the stream or crowd out the others; 0: no limit. Events over it are counted (reason="rate_limited").',
+    },
+    burst: {
+      kind: 'number',
+      integer: true,
+      min: 1,
+      max: 10_000_000,
+      default: 10_000,
+      doc: 'Events a cgroup may send at once above its rate, after a quiet period (the token bucket\'s depth).',
+    },
+    maxSubscribers: {
+      kind: 'number',
+      integer: true,
+      min: 1,
+      max: 1024,
+      default: 16,
+      doc: 'Traces (event streams of syscall or network events) open at once; one more is refused with 429.',
     },
   },
   kubernetes: {

@@ -54,3 +54,20 @@ export function parsePrefix(text: string): IpPrefix | undefined {
   for (let bit = length; bit < max; bit++) bytes[bit >> 3]! &= ~(0x80 >> (bit & 7));
   return { family: address.family, bytes, length };
 }
+
+/** Text form of raw address bytes: dotted IPv4, or IPv6 with the longest run of zero groups as "::" (RFC 5952). */
+export function formatIp(family: 4 | 6, bytes: Uint8Array): string {
+  if (family === 4) return Array.from(bytes.subarray(0, 4)).join('.');
+  const groups = Array.from({ length: 8 }, (_, i) => (bytes[i * 2]! << 8) | bytes[i * 2 + 1]!);
+  let bestStart = -1;
+  let bestLength = 1; // a single zero group stays "0"
+  for (let i = 0; i < 8; ) {
+    let j = i;
+    while (j < 8 && groups[j] === 0) j++;
+    if (j - i > bestLength) [bestStart, bestLength] = [i, j - i];
+    i = j === i ? i + 1 : j;
+  }
+  const hex = (part: number[]) => part.map((g) => g.toString(16)).join(':');
+  if (bestStart < 0) return hex(groups);
+  return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
+}

@@ -4,7 +4,6 @@ import Fastify, { LogController } from 'fastify';
 import type { Logger } from './log.js';
 import type { PrometheusExporter } from './exporters/prometheus.js';
 import type { CollectorState } from './collectors/manager.js';
-import type { AgentEvents } from './api/events.js';
 import { registerApi } from './api/rest.js';
 import type { AgentService } from './api/service.js';
 
@@ -14,10 +13,9 @@ export interface ServerDeps {
   ready: () => boolean;
   collectors: () => CollectorState[];
   service: AgentService;
-  events: AgentEvents;
 }
 
-export function buildServer({ log, exporter, ready, collectors, service, events }: ServerDeps) {
+export function buildServer({ log, exporter, ready, collectors, service }: ServerDeps) {
   const app = Fastify({
     // Scrapes every few seconds would drown the logs; errors are still logged.
     loggerInstance: log.child({ component: 'http' }),
@@ -44,7 +42,7 @@ export function buildServer({ log, exporter, ready, collectors, service, events 
       .send('ProbePilot agent\n\n/metrics               Prometheus exposition\n/healthz               liveness\n/readyz                readiness and collector states\n/api/v1/openapi.json   the REST API\n'),
   );
 
-  registerApi(app, service, events);
+  registerApi(app, service);
 
   return app;
 }

@@ -7,6 +7,7 @@
 #include "netlink.h"
 #include "nvml.h"
 #include "object.h"
+#include "ringbuf.h"
 #include "stats.h"
 
 namespace probepilot {
@@ -14,6 +15,7 @@ namespace probepilot {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   libbpf_log::Install();
   InitStats(env);
+  RingBufferReader::Init(env);
   exports.Set("BpfObject", BpfObjectWrap::DefineClass(env));
   exports.Set("possibleCpus", Napi::Function::New<PossibleCpus>(env, "possibleCpus"));
   exports.Set("enableStats", Napi::Function::New<EnableStats>(env, "enableStats"));

@@ -12,6 +12,7 @@
 #include "args.h"
 #include "errors.h"
 #include "object.h"
+#include "ringbuf.h"
 
 namespace probepilot {
 namespace {
@@ -308,6 +309,17 @@ Napi::Value BpfObjectWrap::DeleteKeys(const Napi::CallbackInfo& info) {
     done++;
   }
   return Napi::Number::New(env, deleted);
+}
+
+Napi::Value BpfObjectWrap::OpenRingBuffer(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const std::string name = StringArg(info, 0, "openRingBuffer", "map");
+  if (!info[1].IsFunction()) ThrowTypeError(env, "openRingBuffer: onRecords must be a function");
+  const std::string what = "openRingBuffer(map " + Quoted(name) + ")";
+  BeginLoaded(env, what);
+  const bpf_map* map = FindMap(env, name, what);
+  if (bpf_map__type(map) != BPF_MAP_TYPE_RINGBUF) ThrowNative(env, EINVAL, what + ": not a ring buffer map");
+  return RingBufferReader::New(env, bpf_map__fd(map), what, info[1].As<Napi::Function>());
 }
 
 }  // namespace probepilot

@@ -32,6 +32,7 @@ Napi::Function BpfObjectWrap::DefineClass(Napi::Env env) {
           InstanceMethod<&BpfObjectWrap::Lookup>("lookup"),
           InstanceMethod<&BpfObjectWrap::Update>("update"),
           InstanceMethod<&BpfObjectWrap::DeleteKeys>("deleteKeys"),
+          InstanceMethod<&BpfObjectWrap::OpenRingBuffer>("openRingBuffer"),
           InstanceMethod<&BpfObjectWrap::Close>("close"),
       });
 }

@@ -39,6 +39,7 @@ class BpfObjectWrap : public Napi::ObjectWrap<BpfObjectWrap> {
   Napi::Value Lookup(const Napi::CallbackInfo& info);
   void Update(const Napi::CallbackInfo& info);
   Napi::Value DeleteKeys(const Napi::CallbackInfo& info);
+  Napi::Value OpenRingBuffer(const Napi::CallbackInfo& info);
 
   // attach.cc
   Napi::Value AttachTc(const Napi::CallbackInfo& info);

@@ -3,6 +3,7 @@
 // The REST API serves it as Server-Sent Events; producers never wait for
 // consumers (a slow consumer is the transport's problem, not the agent's).
 import { EventEmitter } from 'node:events';
+import type { Labels } from '../metrics/model.js';
 
 export type AgentEvent =
   | { type: 'collector'; collector: string; enabled: boolean; up: boolean; reason: string }
@@ -10,6 +11,55 @@ export type AgentEvent =
   | { type: 'pod'; action: 'added' | 'deleted'; namespace: string; pod: string };
 
 export type TimedEvent = AgentEvent & { time: string };
+
+/** The agent's own event types, always on; trace types flow only while someone traces them. */
+export const agentEventTypes = ['collector', 'interface', 'pod'] as const;
+export const traceKinds = ['syscall', 'network'] as const;
+export type TraceKind = (typeof traceKinds)[number];
+export const eventTypes = [...agentEventTypes, ...traceKinds] as const;
+export type EventType = (typeof eventTypes)[number];
+
+/** What every trace event carries: when (the kernel's clock), whose, and which task. */
+interface TraceEventBase {
+  /** RFC 3339 with milliseconds, from the kernel's timestamp. */
+  time: string;
+  /** The identity labels metrics carry (namespace, pod, container, workload, workload_kind; or cgroup). */
+  workload: Labels;
+  /** 0 when the event happened outside any task of the workload (softirq). */
+  pid: number;
+  comm: string;
+}
+
+export interface SyscallTraceEvent extends TraceEventBase {
+  type: 'syscall';
+  tid: number;
+  /** The name, or "syscall_<nr>" for a number the agent has no name for. */
+  syscall: string;
+  nr: number;
+  ret: number;
+  durationSeconds: number;
+  /** The six argument registers at entry, hexadecimal. */
+  args: string[];
+}
+
+export interface NetworkTraceEvent extends TraceEventBase {
+  type: 'network';
+  /** state: a TCP state change; retransmit: a segment sent again; reset_received: the peer reset the connection. */
+  event: 'state' | 'retransmit' | 'reset_received';
+  family: 'ipv4' | 'ipv6';
+  source: string;
+  sourcePort: number;
+  destination: string;
+  destinationPort: number;
+  /** TCP states by name (SYN_SENT, ESTABLISHED, CLOSE, …); equal for events that are no state change. */
+  oldState: string;
+  newState: string;
+}
+
+export type TraceEvent = SyscallTraceEvent | NetworkTraceEvent;
+
+/** Any event a stream delivers. */
+export type StreamedEvent = TimedEvent | TraceEvent;
 
 export class AgentEvents {
   private readonly emitter = new EventEmitter();

@@ -7,8 +7,9 @@ import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import type { ListenAddress } from '../config.js';
 import type { Logger } from '../log.js';
-import type { AgentEvents, TimedEvent } from './events.js';
-import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
+import type { StreamedEvent } from './events.js';
+import { TraceRefusedError } from '../events/pipeline.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type EventStreamRequest, type FlowQuery, type WorkloadQuery } from './service.js';
 
 const protoPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../proto/probepilot/v1/agent.proto');
 
@@ -93,16 +94,35 @@ export function flowQueryOf(request: FlowsRequest): FlowQuery {
   };
 }
 
-function eventMessage(event: TimedEvent): { type: string; time: string; attributes: Record<string, string> } {
+/** Attributes are text: nested objects (a trace's workload labels) become dotted keys, lists are space-separated. */
+function eventMessage(event: StreamedEvent): { type: string; time: string; attributes: Record<string, string> } {
   const { type, time, ...rest } = event;
-  return { type, time, attributes: Object.fromEntries(Object.entries(rest).map(([k, v]) => [k, v === null ? '' : String(v)])) };
+  const attributes: Record<string, string> = {};
+  for (const [key, value] of Object.entries(rest)) {
+    if (Array.isArray(value)) attributes[key] = value.join(' ');
+    else if (value !== null && typeof value === 'object') for (const [sub, text] of Object.entries(value)) attributes[`${key}.${sub}`] = String(text);
+    else attributes[key] = value === null ? '' : String(value);
+  }
+  return { type, time, attributes };
 }
+
+interface StreamEventsRequest {
+  types: string[];
+  namespace: string;
+  pod: string;
+  syscalls: string[];
+}
+
+/** Messages a stream may have waiting for a slow client (grpc-js streams count objects) before its events are dropped. */
+const maxStreamBacklogMessages = 16_384;
+
+const traceRefusalCodes = { limit: grpcStatus.RESOURCE_EXHAUSTED, filter: grpcStatus.INVALID_ARGUMENT, unavailable: grpcStatus.UNAVAILABLE } as const;
 
 export class GrpcApi {
   private readonly server = new Server();
   private readonly streams = new Set<ServerWritableStream<unknown, unknown>>();
 
-  constructor(service: AgentService, events: AgentEvents, log: Logger) {
+  constructor(service: AgentService, log: Logger) {
     /** A unary query: its request checked (INVALID_ARGUMENT naming the field), then answered. */
     const query =
       <R, Q>(parse: (request: R) => Q, answer: (query: Q) => Promise<unknown>) =>
@@ -175,23 +195,46 @@ export class GrpcApi {
           })),
         };
       }),
-      StreamEvents: (call: ServerWritableStream<{ types: string[] }, unknown>) => {
-        const types = new Set(call.request.types);
-        const unknown = [...types].filter((type) => !['collector', 'interface', 'pod'].includes(type));
-        if (unknown.length) {
-          call.destroy(Object.assign(new Error(`unknown event types ${unknown.join(', ')}; the types are collector, interface, pod`), { code: grpcStatus.INVALID_ARGUMENT }));
+      StreamEvents: (call: ServerWritableStream<StreamEventsRequest, unknown>) => {
+        let request: EventStreamRequest;
+        try {
+          request = eventStreamRequest({
+            types: call.request.types,
+            syscalls: call.request.syscalls,
+            ...(call.request.namespace ? { namespace: call.request.namespace } : {}),
+            ...(call.request.pod ? { pod: call.request.pod } : {}),
+          });
+        } catch (err) {
+          if (!(err instanceof EventStreamRequestError)) throw err;
+          call.destroy(Object.assign(new Error(err.message), { code: grpcStatus.INVALID_ARGUMENT }));
           return;
         }
-        this.streams.add(call as ServerWritableStream<unknown, unknown>);
-        const unsubscribe = events.subscribe((event) => {
-          if (types.size === 0 || types.has(event.type)) call.write(eventMessage(event));
-        });
-        const end = (): void => {
-          unsubscribe();
-          this.streams.delete(call as ServerWritableStream<unknown, unknown>);
+        const stream = call as ServerWritableStream<unknown, unknown>;
+        const send = (event: StreamedEvent): boolean => {
+          // A client that does not read is not buffered for without bound: its events are dropped (and counted).
+          if (call.writableLength > maxStreamBacklogMessages) return false;
+          call.write(eventMessage(event));
+          return true;
         };
-        call.on('cancelled', end);
-        call.on('close', end);
+        service.openEventStream(request, send).then(
+          (endStream) => {
+            this.streams.add(stream);
+            let ended = false;
+            const end = (): void => {
+              if (ended) return;
+              ended = true;
+              this.streams.delete(stream);
+              endStream().catch((err: unknown) => log.warn({ err }, 'ending an event stream failed'));
+            };
+            call.on('cancelled', end);
+            call.on('close', end);
+            if (call.cancelled || call.destroyed) end();
+          },
+          (err: unknown) => {
+            const code = err instanceof TraceRefusedError ? traceRefusalCodes[err.reason] : grpcStatus.INTERNAL;
+            call.destroy(Object.assign(new Error(err instanceof Error ? err.message : String(err)), { code }));
+          },
+        );
       },
     });
   }

@@ -7,8 +7,9 @@ import type { Logger } from '../log.js';
 import { UnknownCollectorError } from '../collectors/manager.js';
 import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
-import type { AgentEvents, TimedEvent } from './events.js';
-import { flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
+import { agentEventTypes, eventTypes, type StreamedEvent } from './events.js';
+import { TraceRefusedError } from '../events/pipeline.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -65,6 +66,15 @@ const statusSchema: JsonSchema = {
     uptimeSeconds: { type: 'number' },
     collectors: { type: 'array', items: collectorSchema },
     identity: { type: 'object', additionalProperties: { type: 'number' } },
+    events: {
+      type: 'object',
+      description: 'Traces open now: subscribers per kind, the kinds whose programs are attached, and those programs (kernel ids).',
+      properties: {
+        subscribers: { type: 'object', additionalProperties: { type: 'number' } },
+        attached: { type: 'array', items: { type: 'string' } },
+        programs: { type: 'array', items: { type: 'object', properties: { name: { type: 'string' }, id: { type: 'number' } } } },
+      },
+    },
   },
 };
 
@@ -138,11 +148,20 @@ function limitedQuery<Q extends { limit: number }>(max: number, handle: (query: 
     return handle(query, reply);
   };
 }
+/** "a,b,c" of names made of letters, digits and underscores. */
+const commaList = '^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$';
+
+function splitList(value: string | undefined): string[] {
+  return value === undefined ? [] : value.split(',');
+}
+
+/** Bytes an event stream may have waiting for a slow client before its events are dropped. */
+const maxStreamBacklogBytes = 8 << 20;
 
 /** The agent's fastify instance (its logger is the agent's pino logger). */
 type AgentApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, Logger>;
 
-export function registerApi(app: AgentApp, service: AgentService, events: AgentEvents): void {
+export function registerApi(app: AgentApp, service: AgentService): void {
   // Open event streams never end by themselves: closing the server ends them.
   const streams = new Set<() => void>();
   app.addHook('preClose', async () => {
@@ -238,21 +257,72 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
     {
       method: 'GET',
       url: '/api/v1/events',
-      summary: 'Server-Sent Events: collector state changes, interfaces attached and detached, pods appearing and going away',
+      summary:
+        'Server-Sent Events: collector state changes, interfaces attached and detached, pods appearing and going away; with types=syscall or network also live traces, filtered in the kernel (namespace, pod, syscall) and attached only while streamed',
       eventStream: true,
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          types: { type: 'string', pattern: commaList, description: `Comma-separated: ${eventTypes.join(', ')}. Default: ${agentEventTypes.join(', ')} (traces only when named).` },
+          namespace: { ...name, description: 'Traces: only this namespace.' },
+          pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'Traces: only this pod (or cgroup path, with the cgroups below it).' },
+          syscalls: { type: 'string', pattern: commaList, description: 'The syscall trace: only these syscalls, comma-separated (e.g. openat,connect).' },
+        },
+      },
       handler: async (request, reply) => {
-        reply.hijack();
+        const query = request.query as { types?: string; namespace?: string; pod?: string; syscalls?: string };
+        let streamRequest;
+        try {
+          streamRequest = eventStreamRequest({
+            types: splitList(query.types),
+            syscalls: splitList(query.syscalls),
+            ...(query.namespace !== undefined ? { namespace: query.namespace } : {}),
+            ...(query.pod !== undefined ? { pod: query.pod } : {}),
+          });
+        } catch (err) {
+          if (err instanceof EventStreamRequestError) return reply.code(400).send({ error: 'bad_request', message: `querystring/${err.message}` });
+          throw err;
+        }
         const res = reply.raw;
+        let corked = false;
+        const send = (event: StreamedEvent): boolean => {
+          // A client that does not read is not buffered for without bound: its events are dropped (and counted).
+          if (res.writableLength > maxStreamBacklogBytes) return false;
+          // Events arrive in batches: one socket write per batch, not one per event.
+          if (!corked) {
+            corked = true;
+            res.cork();
+            process.nextTick(() => {
+              corked = false;
+              res.uncork();
+            });
+          }
+          res.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
+          return true;
+        };
+        let endStream: () => Promise<void>;
+        try {
+          endStream = await service.openEventStream(streamRequest, send);
+        } catch (err) {
+          if (err instanceof TraceRefusedError) {
+            const code = err.reason === 'limit' ? 429 : err.reason === 'filter' ? 400 : 503;
+            return reply.code(code).send({ error: err.reason === 'limit' ? 'too_many_traces' : err.reason === 'filter' ? 'bad_request' : 'trace_unavailable', message: err.message });
+          }
+          throw err;
+        }
+        reply.hijack();
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
         res.write(': probepilot events\n\n');
-        const send = (event: TimedEvent) => res.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
-        const unsubscribe = events.subscribe(send);
         // Proxies close idle streams: a comment now and then keeps it open.
         const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
+        let ended = false;
         const end = (): void => {
+          if (ended) return;
+          ended = true;
           clearInterval(heartbeat);
-          unsubscribe();
           streams.delete(end);
+          endStream().catch((err: unknown) => request.log.warn({ err }, 'ending an event stream failed'));
           res.end();
         };
         streams.add(end);

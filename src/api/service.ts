@@ -10,6 +10,8 @@ import { agentVersion } from '../version.js';
 import type { ConfigChange } from '../reload.js';
 import { RateWindow, ratePerSecond } from './rate-window.js';
 import { histogramDelta, histogramQuantile } from '../metrics/histogram.js';
+import { EventPipeline } from '../events/pipeline.js';
+import { agentEventTypes, eventTypes, traceKinds, type AgentEvents, type EventType, type StreamedEvent, type TraceKind } from './events.js';
 
 export interface ProgramStatus {
   name: string;
@@ -34,6 +36,8 @@ export interface AgentStatus {
   uptimeSeconds: number;
   collectors: CollectorStatus[];
   identity: Record<string, number>;
+  /** Traces open now and the programs attached for them. */
+  events: ReturnType<EventPipeline['describe']>;
 }
 
 /** The values a flows query takes, for every transport (REST schema, gRPC checks, CLI choices). */
@@ -172,7 +176,53 @@ const families: Record<FlowView, { bytes: string; packets: string }> = {
   protocol: { bytes: 'probepilot_network_bytes_total', packets: 'probepilot_network_packets_total' },
 };
 
+/** What an event stream delivers: the agent's own events of some types, and traces. */
+export interface EventStreamRequest {
+  /** Empty: the agent's own types (collector, interface, pod); trace kinds only when named. */
+  types: EventType[];
+  /** Traces only: a namespace, a pod (or cgroup path), syscall names. */
+  namespace?: string;
+  pod?: string;
+  syscalls?: string[];
+}
+
+/** A stream request that cannot be served as asked: the message names the field and what it allows. */
+export class EventStreamRequestError extends Error {
+  constructor(message: string) {
+    super(message);
+    this.name = 'EventStreamRequestError';
+  }
+}
+
+/** The same checks for every transport (REST query, gRPC request, CLI flags). */
+export function eventStreamRequest(input: { types: readonly string[]; namespace?: string; pod?: string; syscalls: readonly string[] }): EventStreamRequest {
+  const unknown = input.types.filter((t) => !(eventTypes as readonly string[]).includes(t));
+  if (unknown.length) throw new EventStreamRequestError(`types: unknown ${unknown.join(', ')}; the types are ${eventTypes.join(', ')}`);
+  const types = [...new Set(input.types)] as EventType[];
+  const traced = types.some((t) => (traceKinds as readonly string[]).includes(t));
+  for (const field of ['namespace', 'pod'] as const) {
+    const value = input[field];
+    if (value === undefined) continue;
+    if (!traced) throw new EventStreamRequestError(`${field} filters traces: ask for types syscall or network too`);
+    if (value.length === 0 || value.length > 4096 || /[\u0000-\u001f\u007f]/.test(value)) throw new EventStreamRequestError(`${field} must be printable text of 1 to 4096 characters`);
+  }
+  if (input.syscalls.length) {
+    if (!types.includes('syscall')) throw new EventStreamRequestError('syscalls filters the syscall trace: ask for type syscall too');
+    const choices = EventPipeline.syscallChoices();
+    const bad = input.syscalls.filter((name) => !choices.includes(name));
+    if (bad.length) throw new EventStreamRequestError(`syscalls: unknown ${bad.join(', ')}; the syscalls are ${choices.join(', ')}`);
+  }
+  return {
+    types,
+    ...(input.namespace !== undefined ? { namespace: input.namespace } : {}),
+    ...(input.pod !== undefined ? { pod: input.pod } : {}),
+    ...(input.syscalls.length ? { syscalls: [...new Set(input.syscalls)] } : {}),
+  };
+}
+
 export interface AgentServiceDeps {
+  events: AgentEvents;
+  pipeline: EventPipeline;
   manager: CollectorManager;
   identity: Identity;
   nodeName: string;
@@ -214,6 +264,41 @@ export class AgentService {
       uptimeSeconds: Math.round(process.uptime()),
       collectors: manager.states().map((state) => this.collectorStatus(state)),
       identity: identity.describe(),
+      events: this.deps.pipeline.describe(),
+    };
+  }
+
+  /**
+   * Starts delivering the events a request asks for to listener (false: the
+   * transport could not take it); resolves with the function that ends the
+   * stream. A trace that cannot be opened rejects with TraceRefusedError.
+   */
+  async openEventStream(request: EventStreamRequest, listener: (event: StreamedEvent) => boolean): Promise<() => Promise<void>> {
+    const agentTypes = new Set<string>(request.types.length ? request.types.filter((t) => (agentEventTypes as readonly string[]).includes(t)) : agentEventTypes);
+    const kinds = request.types.filter((t): t is TraceKind => (traceKinds as readonly string[]).includes(t));
+    const ends: Array<() => Promise<void>> = [];
+    try {
+      for (const kind of kinds) {
+        const filter = {
+          kind,
+          ...(request.namespace !== undefined ? { namespace: request.namespace } : {}),
+          ...(request.pod !== undefined ? { pod: request.pod } : {}),
+          ...(kind === 'syscall' && request.syscalls ? { syscalls: request.syscalls } : {}),
+        };
+        ends.push(await this.deps.pipeline.subscribe(filter, listener));
+      }
+    } catch (err) {
+      await Promise.all(ends.map((end) => end()));
+      throw err;
+    }
+    const unsubscribe = agentTypes.size
+      ? this.deps.events.subscribe((event) => {
+          if (agentTypes.has(event.type)) listener(event);
+        })
+      : () => undefined;
+    return async () => {
+      unsubscribe();
+      await Promise.all(ends.map((end) => end()));
     };
   }
 

@@ -88,6 +88,18 @@ export interface BpfObject {
   update(map: string, key: Buffer, value: Buffer): void;
   /** Deletes the given keys (concatenated); returns how many existed. */
   deleteKeys(map: string, keys: Buffer): number;
+  /**
+   * Drains a BPF_MAP_TYPE_RINGBUF map on a thread of the addon. Records reach
+   * onRecords on the event loop in batches (each record behind its u32 length);
+   * an error ends the reader. While onRecords is behind, the ring fills and
+   * the BPF side sees it full.
+   */
+  openRingBuffer(map: string, onRecords: (err: NativeError | null, records: Buffer | null) => void): RingBufferReader;
+  close(): void;
+}
+
+export interface RingBufferReader {
+  /** Stops the reader thread; records not yet delivered are dropped. Idempotent. */
   close(): void;
 }
 

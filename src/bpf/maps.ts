@@ -18,7 +18,7 @@ export function selectKeys(dump: MapDump, indexes: readonly number[]): Buffer {
 }
 
 /** Slots of the `pp_stats` array every object declares (bpf/probepilot.h). */
-export const ppStatSlots = { droppedMapFull: 0 } as const;
+export const ppStatSlots = { droppedMapFull: 0, eventsRingBufferFull: 1, eventsRateLimited: 2 } as const;
 
 /** Sums a slot of the object's pp_stats per-CPU array. */
 export function readPpStat(object: BpfObject, slot: number, cpus: number): number {

@@ -111,6 +111,16 @@ export function trackableSyscalls(arch: SyscallArch): string[] {
     .sort();
 }
 
+/** Every name the table knows on arch, by number (what a trace prints; other numbers are shown as such). */
+export function syscallNamesByNumber(arch: SyscallArch): Map<number, string> {
+  const names = new Map<number, string>();
+  for (const [name, numbers] of Object.entries(table)) {
+    const nr = numbers[arch];
+    if (nr !== undefined) names.set(nr, name);
+  }
+  return names;
+}
+
 /** Tracked names that exist on arch, with their numbers; names missing there are returned apart. */
 export function syscallNumbers(names: readonly string[], arch: SyscallArch): { numbers: Map<string, number>; missing: string[] } {
   const numbers = new Map<string, number>();

@@ -65,6 +65,11 @@ export class CgroupPaths {
     return this.paths.get(id);
   }
 
+  /** Every cgroup seen by the last walk (and gone ones until forgotten): id and path. */
+  known(): IterableIterator<[bigint, string]> {
+    return this.paths.entries();
+  }
+
   isGone(id: bigint): boolean {
     return this.gone.has(id);
   }

@@ -13,7 +13,7 @@ import type { NativeAddon } from '../../src/bpf/addon.js';
 import type { Identity } from '../../src/identity/identity.js';
 import Fastify from 'fastify';
 import { registerApi } from '../../src/api/rest.js';
-import { AgentEvents } from '../../src/api/events.js';
+import { EventPipeline } from '../../src/events/pipeline.js';
 import type { AgentService } from '../../src/api/service.js';
 
 const readme = readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../README.md'), 'utf8');
@@ -31,6 +31,8 @@ t.test('every metric family is in the README', async (t) => {
   const log = createLogger('silent');
   const manager = new CollectorManager(collectorFactories({ config: resolveConfig(), log, addon, identity }), log, true);
   for (const { name } of manager.descriptors()) t.match(readme, `\`${name}\``, name);
+  const pipeline = new EventPipeline({ config: resolveConfig(), log, addon, identity });
+  for (const { name } of pipeline.families) t.match(readme, `\`${name}\``, name);
 });
 
 t.test('the README carries the two front-door commands', async (t) => {
@@ -40,12 +42,12 @@ t.test('the README carries the two front-door commands', async (t) => {
 
 t.test('every API endpoint (from the OpenAPI document the routes build) and client command is in the README', async (t) => {
   const app = Fastify();
-  registerApi(app as unknown as Parameters<typeof registerApi>[0], {} as AgentService, new AgentEvents());
+  registerApi(app as unknown as Parameters<typeof registerApi>[0], {} as AgentService);
   const res = await app.inject({ method: 'GET', url: '/api/v1/openapi.json' });
   const paths = (res.json() as { paths: Record<string, Record<string, unknown>> }).paths;
   const endpoints = Object.entries(paths).flatMap(([p, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${p}`));
   t.ok(endpoints.length >= 6, `${endpoints.length} endpoints`);
   for (const endpoint of endpoints) t.match(readme, `\`${endpoint}\``, endpoint);
-  for (const command of ['probepilot status', 'probepilot flows', 'probepilot collectors', 'probepilot reload', 'probepilot doctor']) t.match(readme, command, command);
+  for (const command of ['probepilot status', 'probepilot flows', 'probepilot collectors', 'probepilot reload', 'probepilot doctor', 'probepilot trace syscall', 'probepilot trace network']) t.match(readme, command, command);
   await app.close();
 });

@@ -23,6 +23,12 @@ t.test('histogram quantiles interpolate inside the bucket, as histogram_quantile
 const cgroupIdentity = { mode: 'standalone', labelNames: () => ['cgroup'] } as unknown as Identity;
 const bounds = [0.001, 0.002, 0.004, 0.008];
 
+/** The service over a manager alone: a workloads query needs no events, traces or reloads. */
+function serviceOf(manager: CollectorManager): AgentService {
+  const unused = {} as never;
+  return new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: unused, events: unused, pipeline: unused });
+}
+
 /** A manager whose collectors answer what `readings` holds at the moment. */
 function fakeManager(running: string[], readings: Record<string, MetricFamily[]>): CollectorManager {
   const state = (name: string): CollectorState => ({ name, enabled: true, up: running.includes(name), reason: '', lastCollectSeconds: 0, collectErrors: 0, series: 0 });
@@ -78,7 +84,7 @@ function reading(bytes: number, syscalls: number, runqueue: number[]): Record<st
 t.test('rates and the run-queue p99 are over the interval since the previous query', async (t) => {
   let now = reading(1000, 100, [0, 0, 0, 10_000, 0]);
   const manager = fakeManager(['network', 'sched', 'syscalls'], new Proxy({}, { get: (_, name: string) => now[name] }));
-  const service = new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: async () => ({ applied: [], restartRequired: [] }) });
+  const service = serviceOf(manager);
   const first = await service.workloads({ sort: 'name', limit: 50 });
   t.equal(first.intervalSeconds, null, 'the first query has no earlier reading');
   t.ok(first.workloads.every((w) => w.txBytesPerSecond === null && w.runqueueLatencyP99Seconds === null), 'so no rates and no p99 yet');
@@ -110,7 +116,7 @@ t.test('rates and the run-queue p99 are over the interval since the previous que
 t.test('a collector switched on between two queries gives rates only from its second read', async (t) => {
   const running = ['syscalls'];
   const manager = fakeManager(running, reading(1_000_000, 100, [0, 0, 0, 0, 0]));
-  const service = new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: async () => ({ applied: [], restartRequired: [] }) });
+  const service = serviceOf(manager);
   await service.workloads({ sort: 'name', limit: 50 });
   running.push('network');
   await new Promise((r) => setTimeout(r, 1100));

@@ -1,0 +1,49 @@
+// A BPF ring buffer drained on a thread of its own: it sleeps in epoll until
+// the kernel has records, consumes them in batches and hands each batch to
+// JS through a thread-safe function. When JS falls behind, the thread waits
+// for it and the kernel side finds the ring full (and counts that): the
+// event loop is never flooded and the BPF programs never wait.
+#pragma once
+
+#include <bpf/libbpf.h>
+#include <napi.h>
+
+#include <atomic>
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+namespace probepilot {
+
+class RingBufferReader : public Napi::ObjectWrap<RingBufferReader> {
+ public:
+  // Also keeps the constructor for New().
+  static void Init(Napi::Env env);
+
+  // A reader over the ring buffer map behind mapFd (dup()ed: the reader
+  // outlives neither its own fd nor the object's). Throws a NativeError.
+  static Napi::Object New(Napi::Env env, int mapFd, const std::string& what, Napi::Function onRecords);
+
+  explicit RingBufferReader(const Napi::CallbackInfo& info);
+  ~RingBufferReader() override;
+
+ private:
+  void Close(const Napi::CallbackInfo& info);
+  void Start(Napi::Env env, int mapFd, const std::string& what, Napi::Function onRecords);
+  void Stop();
+  void Run();
+  static int OnRecord(void* self, void* data, size_t size);
+
+  std::string what_;
+  int mapFd_ = -1;
+  ring_buffer* ring_ = nullptr;
+  int epollFd_ = -1;
+  int wakeFd_ = -1;
+  Napi::ThreadSafeFunction deliver_;
+  std::thread thread_;
+  std::vector<uint8_t> batch_;
+  bool running_ = false;
+};
+
+}  // namespace probepilot
