@@ -55,25 +55,26 @@ function TopApp({ options }: { options: TopOptions }) {
   }, [options]);
 
   useInput((input, key) => {
-    if (typing !== undefined && (key.return || key.escape || key.backspace || key.delete)) {
-      if (key.return) setFilter(typing);
-      if (key.escape) setFilter('');
-      setTyping(key.backspace || key.delete ? typing.slice(0, -1) : undefined);
-      return;
-    }
-    if (key.escape) return setFilter('');
     if (key.ctrl || key.meta) return;
-    // Keys typed quickly (or pasted) arrive together: each character counts.
-    let nextTyping = typing;
-    let next = sort;
-    for (const char of input) {
-      if (nextTyping !== undefined) nextTyping += char;
-      else if (char === 'q') return exit();
-      else if (char === 's' || char === 'S') next = nextSort(next, char === 's' ? 1 : -1);
-      else if (char === '/') nextTyping = filter;
+    // Keys typed quickly (or pasted) arrive together in one input: each character counts, Enter and Esc among them.
+    const chars = key.return ? ['\r'] : key.escape ? ['\x1b'] : key.backspace || key.delete ? ['\x7f'] : [...input];
+    let typingNow = typing;
+    let filterNow = filter;
+    let sortNow = sort;
+    for (const char of chars) {
+      if (typingNow !== undefined) {
+        if (char === '\r' || char === '\n') [filterNow, typingNow] = [typingNow, undefined];
+        else if (char === '\x1b') [filterNow, typingNow] = ['', undefined];
+        else if (char === '\x7f' || char === '\b') typingNow = typingNow.slice(0, -1);
+        else if (char >= ' ') typingNow += char;
+      } else if (char === 'q') return exit();
+      else if (char === 's' || char === 'S') sortNow = nextSort(sortNow, char === 's' ? 1 : -1);
+      else if (char === '/') typingNow = filterNow;
+      else if (char === '\x1b') filterNow = '';
     }
-    setTyping(nextTyping);
-    setSort(next);
+    setTyping(typingNow);
+    setFilter(filterNow);
+    setSort(sortNow);
   });
 
   const shownFilter = typing ?? filter;
