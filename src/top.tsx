@@ -29,15 +29,15 @@ function TopApp({ options }: { options: TopOptions }) {
   /** The filter being typed after `/`; undefined when not typing. */
   const [typing, setTyping] = useState<string>();
   // The refresh loop asks with the sort of the moment, not the one it started with.
-  const sortNow = useRef(sort);
-  sortNow.current = sort;
+  const currentSort = useRef(sort);
+  currentSort.current = sort;
 
   useEffect(() => {
     let stopped = false;
     let timer: NodeJS.Timeout | undefined;
     const refresh = async (): Promise<void> => {
       try {
-        const next = await options.fetch(sortNow.current);
+        const next = await options.fetch(currentSort.current);
         if (stopped) return;
         setSnapshot(next);
         setError(undefined);
