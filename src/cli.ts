@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // probepilot: the agent (`probepilot agent`) and the commands an operator
-// runs against it (status, flows, collectors, reload, trace syscall/network;
+// runs against it (status, flows, top, collectors, reload, trace syscall/network;
 // doctor checks the host).
-import { Command, Option } from 'commander';
+import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
 import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable, renderTraceEvent, streamEvents } from './client.js';
-import { flowDirections, flowProtocols, flowSorts, flowViews, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult } from './api/service.js';
+import { compareWorkloads, flowDirections, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult, type WorkloadSort, type WorkloadsResult } from './api/service.js';
+import type { TopSnapshot } from './top-view.js';
 import type { ConfigChange } from './reload.js';
 
 const program = new Command('probepilot').description('eBPF observability agent for Kubernetes nodes').version(agentVersion);
@@ -83,14 +84,31 @@ interface ClusterFlags {
   agentsService: string;
 }
 
-/** --mode cluster: ask every agent, found from the EndpointSlices of their Service. */
-function withClusterMode(command: Command): Command {
-  return command
+/** --mode cluster: ask every agent, found from the EndpointSlices of their Service (or, with --prometheus, the Prometheus that scrapes them). */
+function withClusterMode(command: Command, { prometheus = true }: { prometheus?: boolean } = {}): Command {
+  command
     .addOption(new Option('--mode <mode>', 'one agent (--agent) or every agent of the cluster').choices(['agent', 'cluster']).default('agent'))
     .option('--kubeconfig <file>', 'cluster mode: kubeconfig (default: the in-cluster service account)', process.env.KUBECONFIG ?? '')
     .option('--agents-namespace <namespace>', 'cluster mode: namespace of the agents\' Service', 'probepilot')
-    .option('--agents-service <name>', 'cluster mode: the agents\' Service', 'probepilot')
-    .option('--prometheus <url>', 'answer for every node from this Prometheus (which scrapes the agents) instead of asking agents');
+    .option('--agents-service <name>', 'cluster mode: the agents\' Service', 'probepilot');
+  return prometheus ? command.option('--prometheus <url>', 'answer for every node from this Prometheus (which scrapes the agents) instead of asking agents') : command;
+}
+
+/** The interval merged rates are over: the shortest of the agents', unknown while any agent has none yet. */
+function commonInterval(intervals: ReadonlyArray<number | null>): number | null {
+  const known = intervals.filter((i): i is number => i !== null);
+  return known.length === intervals.length && known.length > 0 ? Math.min(...known) : null;
+}
+
+/** A number option within bounds, or commander's error naming the option and the range. */
+function numberIn(min: number, max: number, what: string, integer = false): (value: string) => number {
+  return (value) => {
+    const n = Number(value);
+    if (value.trim() === '' || !Number.isFinite(n) || n < min || n > max || (integer && !Number.isInteger(n))) {
+      throw new InvalidArgumentError(`expected ${what} from ${min} to ${max}`);
+    }
+    return n;
+  };
 }
 
 async function clusterQuery<T>(flags: ClusterFlags, query: (client: AgentClient) => Promise<T>) {
@@ -170,11 +188,10 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
       const { answers, unreachable } = await clusterQuery(options, (client) => client.request<FlowsResult>('GET', path));
       // Each agent's top N, merged: the cluster's top N is among them.
       const all = answers.flatMap(({ node, value }) => value.flows.map((f) => ({ node, ...f }))).sort((a, b) => b[options.sort] - a[options.sort]);
-      const intervals = answers.map((a) => a.value.intervalSeconds).filter((i): i is number => i !== null);
       const merged = {
         view: options.view as FlowsResult['view'],
         total: answers.reduce((n, a) => n + a.value.total, 0),
-        intervalSeconds: intervals.length === answers.length && intervals.length > 0 ? Math.min(...intervals) : null,
+        intervalSeconds: commonInterval(answers.map((a) => a.value.intervalSeconds)),
         flows: all.slice(0, Number(options.top)),
       };
       print(options.output, { ...merged, unreachable }, () => renderClusterFlows(merged, options.output === 'wide', unreachable));
@@ -183,6 +200,49 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
     }
     const flows = await new AgentClient(options.agent).request<FlowsResult>('GET', path);
     print(options.output, flows, () => renderFlows(flows, options.output === 'wide'));
+  });
+
+withClusterMode(clientCommand('top', 'live per-workload view: network rates, run-queue p99, syscalls, TCP retransmits, GPU (one snapshot when not on a terminal)', ['table', 'json']), { prometheus: false })
+  .option('--namespace <namespace>', 'only this namespace')
+  .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode)')
+  .addOption(new Option('--sort <column>', 'order by (the s key cycles it)').choices(workloadSorts).default('rx'))
+  .addOption(new Option('--interval <seconds>', 'seconds between refreshes').default(2).argParser(numberIn(0.5, 3600, 'a number of seconds')))
+  .addOption(new Option('--top <n>', 'how many workloads per agent').default(workloadLimit.default).argParser(numberIn(1, workloadLimit.max, 'an integer', true)))
+  .action(async (options: { agent: string; output: Output; namespace?: string; pod?: string; sort: WorkloadSort; interval: number; top: number } & ClusterFlags) => {
+    const pathFor = (sort: WorkloadSort) => {
+      const query = new URLSearchParams({ sort, limit: String(options.top) });
+      if (options.namespace !== undefined) query.set('namespace', options.namespace);
+      if (options.pod !== undefined) query.set('pod', options.pod);
+      return `/api/v1/workloads?${query}`;
+    };
+    const fetchSnapshot = async (sort: WorkloadSort): Promise<TopSnapshot> => {
+      if (options.mode !== 'cluster') return { ...(await new AgentClient(options.agent).request<WorkloadsResult>('GET', pathFor(sort))), unreachable: [] };
+      const { answers, unreachable } = await clusterQuery(options, (client) => client.request<WorkloadsResult>('GET', pathFor(sort)));
+      return {
+        total: answers.reduce((n, a) => n + a.value.total, 0),
+        intervalSeconds: commonInterval(answers.map((a) => a.value.intervalSeconds)),
+        collectorsOff: [...new Set(answers.flatMap((a) => a.value.collectorsOff))],
+        // Each agent's top N, merged: the cluster's top N is among them.
+        workloads: answers.flatMap(({ node, value }) => value.workloads.map((w) => ({ node, ...w }))).sort(compareWorkloads(sort)).slice(0, options.top),
+        unreachable,
+      };
+    };
+    if (options.output === 'table' && process.stdout.isTTY && process.stdin.isTTY) {
+      const { runTop } = await import('./top.js');
+      const source = options.mode === 'cluster' ? `cluster (${options.agentsNamespace}/${options.agentsService})` : options.agent;
+      await runTop({ source, intervalSeconds: options.interval, sort: options.sort, fetch: fetchSnapshot });
+      // The terminal is restored; a refresh still waiting on an agent must not hold the exit.
+      process.exit(0);
+    }
+    let snapshot = await fetchSnapshot(options.sort);
+    if (snapshot.intervalSeconds === null) {
+      // The agent's first reading: rates need a second one at least a second later.
+      await new Promise((resolve) => setTimeout(resolve, 1100));
+      snapshot = await fetchSnapshot(options.sort);
+    }
+    const { renderTop } = await import('./top-view.js');
+    print(options.output, snapshot, () => renderTop(snapshot, options.sort));
+    if (snapshot.unreachable.length) process.exitCode = 1;
   });
 
 clientCommand('collectors', 'list the collectors, or enable/disable one at run time (disable detaches its programs)', ['table', 'json'])

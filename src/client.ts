@@ -1,6 +1,6 @@
 // The CLI's side of the REST API: a small client and the text renderings of
 // its answers (tables for people, JSON for scripts).
-import type { AgentStatus, CollectorStatus, FlowEntry, FlowsResult } from './api/service.js';
+import { workloadName, type AgentStatus, type CollectorStatus, type FlowEntry, type FlowsResult } from './api/service.js';
 import type { StreamedEvent, TraceEvent } from './api/events.js';
 
 export const defaultAgentUrl = 'http://127.0.0.1:9742';
@@ -68,11 +68,6 @@ export function formatBytes(bytes: number): string {
 
 function rate(value: number | null, format: (n: number) => string): string {
   return value === null ? '-' : `${format(value)}/s`;
-}
-
-function workloadName(labels: Record<string, string>): string {
-  if (labels.cgroup !== undefined) return labels.cgroup;
-  return labels.pod ? `${labels.namespace}/${labels.pod}` : (labels.workload ?? '');
 }
 
 function peerName(peer: Record<string, string> | undefined): string {

@@ -9,7 +9,7 @@ import type { ListenAddress } from '../config.js';
 import type { Logger } from '../log.js';
 import type { StreamedEvent } from './events.js';
 import { TraceRefusedError } from '../events/pipeline.js';
-import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, type AgentService, type EventStreamRequest, type FlowQuery } from './service.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type EventStreamRequest, type FlowQuery, type WorkloadQuery } from './service.js';
 
 const protoPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../proto/probepilot/v1/agent.proto');
 
@@ -38,17 +38,49 @@ function oneOf<T extends string>(field: string, value: string, allowed: readonly
   return value as T;
 }
 
+function printable<K extends string>(request: Record<K, string>, fields: readonly K[]): void {
+  for (const field of fields) {
+    if (/[\u0000-\u001f\u007f]/.test(request[field]) || request[field].length > 4096) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
+  }
+}
+
+/** 0 is the default; above max is refused. */
+function limitOf(limit: number, limits: { default: number; max: number }): number {
+  if (limit > limits.max) throw new InvalidArgument(`limit must be from 1 to ${limits.max} (0: ${limits.default})`);
+  return limit === 0 ? limits.default : limit;
+}
+
+/** Fields the REST API answers as null are left out (proto3 optional). */
+function present(fields: Record<string, number | null>): Record<string, number> {
+  return Object.fromEntries(Object.entries(fields).filter((entry): entry is [string, number] => entry[1] !== null));
+}
+
+interface WorkloadsRequest {
+  namespace: string;
+  pod: string;
+  sort: string;
+  limit: number;
+}
+
+/** The same rules as the REST querystring schema. */
+export function workloadQueryOf(request: WorkloadsRequest): WorkloadQuery {
+  printable(request, ['namespace', 'pod']);
+  return {
+    sort: oneOf('sort', request.sort, workloadSorts, 'rx')!,
+    limit: limitOf(request.limit, workloadLimit),
+    ...(request.namespace ? { namespace: request.namespace } : {}),
+    ...(request.pod ? { pod: request.pod } : {}),
+  };
+}
+
 /** The same rules as the REST querystring schema. */
 export function flowQueryOf(request: FlowsRequest): FlowQuery {
   const view = oneOf('view', request.view, flowViews, 'peer')!;
-  const limit = request.limit === 0 ? flowLimit.default : request.limit;
-  if (limit > flowLimit.max) throw new InvalidArgument(`limit must be from 1 to ${flowLimit.max} (0: ${flowLimit.default})`);
+  const limit = limitOf(request.limit, flowLimit);
   const protocol = oneOf('protocol', request.protocol, flowProtocols);
   if (view === 'peer' && protocol !== undefined) throw new InvalidArgument('protocol applies to view=protocol only');
   if (view === 'protocol' && request.peer !== '') throw new InvalidArgument('peer applies to view=peer only');
-  for (const field of ['namespace', 'pod', 'peer'] as const) {
-    if (/[\u0000-\u001f\u007f]/.test(request[field]) || request[field].length > 4096) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
-  }
+  printable(request, ['namespace', 'pod', 'peer']);
   const direction = oneOf('direction', request.direction, flowDirections);
   return {
     view,
@@ -91,6 +123,25 @@ export class GrpcApi {
   private readonly streams = new Set<ServerWritableStream<unknown, unknown>>();
 
   constructor(service: AgentService, log: Logger) {
+    /** A unary query: its request checked (INVALID_ARGUMENT naming the field), then answered. */
+    const query =
+      <R, Q>(parse: (request: R) => Q, answer: (query: Q) => Promise<unknown>) =>
+      (call: ServerUnaryCall<R, unknown>, callback: sendUnaryData<unknown>): void => {
+        let parsed: Q;
+        try {
+          parsed = parse(call.request);
+        } catch (err) {
+          callback({ code: grpcStatus.INVALID_ARGUMENT, details: (err as Error).message });
+          return;
+        }
+        answer(parsed).then(
+          (response) => callback(null, response),
+          (err: unknown) => {
+            log.error({ err, method: call.getPath() }, 'query failed');
+            callback({ code: grpcStatus.INTERNAL, details: err instanceof Error ? err.message : String(err) });
+          },
+        );
+      };
     this.server.addService(agentServiceDefinition().service, {
       GetStatus: (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
         const status = service.status();
@@ -106,37 +157,44 @@ export class GrpcApi {
           })),
         });
       },
-      QueryFlows: (call: ServerUnaryCall<FlowsRequest, unknown>, callback: sendUnaryData<unknown>) => {
-        let query: FlowQuery;
-        try {
-          query = flowQueryOf(call.request);
-        } catch (err) {
-          callback({ code: grpcStatus.INVALID_ARGUMENT, details: (err as Error).message });
-          return;
-        }
-        service.flows(query).then(
-          (result) =>
-            callback(null, {
-              view: result.view,
-              total: result.total,
-              ...(result.intervalSeconds === null ? {} : { interval_seconds: result.intervalSeconds }),
-              flows: result.flows.map((f) => ({
-                workload: f.workload,
-                direction: f.direction,
-                peer: f.peer ?? {},
-                protocol: f.protocol ?? '',
-                bytes: f.bytes,
-                packets: f.packets,
-                ...(f.bytesPerSecond === null ? {} : { bytes_per_second: f.bytesPerSecond }),
-                ...(f.packetsPerSecond === null ? {} : { packets_per_second: f.packetsPerSecond }),
-              })),
+      QueryFlows: query(flowQueryOf, async (q) => {
+        const result = await service.flows(q);
+        return {
+          view: result.view,
+          total: result.total,
+          ...present({ interval_seconds: result.intervalSeconds }),
+          flows: result.flows.map((f) => ({
+            workload: f.workload,
+            direction: f.direction,
+            peer: f.peer ?? {},
+            protocol: f.protocol ?? '',
+            bytes: f.bytes,
+            packets: f.packets,
+            ...present({ bytes_per_second: f.bytesPerSecond, packets_per_second: f.packetsPerSecond }),
+          })),
+        };
+      }),
+      QueryWorkloads: query(workloadQueryOf, async (q) => {
+        const result = await service.workloads(q);
+        return {
+          total: result.total,
+          ...present({ interval_seconds: result.intervalSeconds }),
+          collectors_off: result.collectorsOff,
+          workloads: result.workloads.map((w) => ({
+            workload: w.workload,
+            ...present({
+              rx_bytes_per_second: w.rxBytesPerSecond,
+              tx_bytes_per_second: w.txBytesPerSecond,
+              rx_packets_per_second: w.rxPacketsPerSecond,
+              tx_packets_per_second: w.txPacketsPerSecond,
+              runqueue_latency_p99_seconds: w.runqueueLatencyP99Seconds,
+              syscalls_per_second: w.syscallsPerSecond,
+              tcp_retransmits_per_second: w.tcpRetransmitsPerSecond,
+              gpu_utilization: w.gpuUtilization,
             }),
-          (err: unknown) => {
-            log.error({ err }, 'QueryFlows failed');
-            callback({ code: grpcStatus.INTERNAL, details: err instanceof Error ? err.message : String(err) });
-          },
-        );
-      },
+          })),
+        };
+      }),
       StreamEvents: (call: ServerWritableStream<StreamEventsRequest, unknown>) => {
         let request: EventStreamRequest;
         try {

@@ -9,7 +9,7 @@ import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import { agentEventTypes, eventTypes, type StreamedEvent } from './events.js';
 import { TraceRefusedError } from '../events/pipeline.js';
-import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, type AgentService, type FlowQuery } from './service.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -108,6 +108,46 @@ const flowsSchema: JsonSchema = {
 /** Printable text: names, paths and classes never contain control characters. */
 const printable = '^[^\\u0000-\\u001f\\u007f]+$';
 const name: JsonSchema = { type: 'string', minLength: 1, maxLength: 253, pattern: printable };
+const podOrCgroup: JsonSchema = { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' };
+
+const workloadsSchema: JsonSchema = {
+  type: 'object',
+  properties: {
+    total: { type: 'number' },
+    intervalSeconds: { ...nullableNumber, description: 'The interval rates and the run-queue p99 are over; null for the first query (they are null then).' },
+    collectorsOff: { type: 'array', items: { type: 'string' }, description: 'Collectors a column needs that are not running: their columns are null.' },
+    workloads: {
+      type: 'array',
+      items: {
+        type: 'object',
+        properties: {
+          workload: labels,
+          rxBytesPerSecond: nullableNumber,
+          txBytesPerSecond: nullableNumber,
+          rxPacketsPerSecond: nullableNumber,
+          txPacketsPerSecond: nullableNumber,
+          runqueueLatencyP99Seconds: { ...nullableNumber, description: 'From the run-queue histogram buckets filled during the interval.' },
+          syscallsPerSecond: nullableNumber,
+          tcpRetransmitsPerSecond: nullableNumber,
+          gpuUtilization: { ...nullableNumber, description: 'Share of GPU time its processes kept SMs busy, summed over GPUs.' },
+        },
+      },
+    },
+  },
+};
+
+const limitSchema = ({ max, default: fallback }: { max: number; default: number }): JsonSchema => ({ type: 'integer', minimum: 1, maximum: max, default: fallback });
+
+/** A handler of a query with a limit, which it checks first: the schema's coercion also reads "1e400" as a number, only a plain integer in range is a limit. */
+function limitedQuery<Q extends { limit: number }>(max: number, handle: (query: Q, reply: FastifyReply) => Promise<unknown>): Route['handler'] {
+  return async (request, reply) => {
+    const query = request.query as Q;
+    if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > max) {
+      return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${max}` });
+    }
+    return handle(query, reply);
+  };
+}
 /** "a,b,c" of names made of letters, digits and underscores. */
 const commaList = '^[A-Za-z0-9_]+(,[A-Za-z0-9_]+)*$';
 
@@ -178,21 +218,16 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         properties: {
           view: { type: 'string', enum: flowViews, default: 'peer' },
           namespace: name,
-          pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' },
+          pod: podOrCgroup,
           peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printable, description: 'A peer workload (or pod), namespace/name, or peer class.' },
           protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol only.' },
           direction: { type: 'string', enum: flowDirections },
           sort: { type: 'string', enum: flowSorts, default: 'bytes' },
-          limit: { type: 'integer', minimum: 1, maximum: flowLimit.max, default: flowLimit.default },
+          limit: limitSchema(flowLimit),
         },
       },
       response: flowsSchema,
-      handler: async (request, reply) => {
-        const query = request.query as FlowQuery;
-        // The schema's coercion reads "1e400" as a number; only a plain integer in range is a limit.
-        if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > flowLimit.max) {
-          return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${flowLimit.max}` });
-        }
+      handler: limitedQuery<FlowQuery>(flowLimit.max, async (query, reply) => {
         if (query.view === 'peer' && query.protocol !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });
         }
@@ -200,7 +235,24 @@ export function registerApi(app: AgentApp, service: AgentService): void {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
         }
         return service.flows(query);
+      }),
+    },
+    {
+      method: 'GET',
+      url: '/api/v1/workloads',
+      summary: 'Per workload: network bytes and packets per second, run-queue latency p99, syscalls and TCP retransmits per second over the last interval, GPU utilization',
+      querystring: {
+        type: 'object',
+        additionalProperties: false,
+        properties: {
+          namespace: name,
+          pod: podOrCgroup,
+          sort: { type: 'string', enum: workloadSorts, default: 'rx', description: 'A column, largest first (name: alphabetically).' },
+          limit: limitSchema(workloadLimit),
+        },
       },
+      response: workloadsSchema,
+      handler: limitedQuery<WorkloadQuery>(workloadLimit.max, (query) => service.workloads(query)),
     },
     {
       method: 'GET',

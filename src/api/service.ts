@@ -8,6 +8,8 @@ import type { Identity } from '../identity/identity.js';
 import type { MetricFamily, ScalarSample } from '../metrics/model.js';
 import { agentVersion } from '../version.js';
 import type { ConfigChange } from '../reload.js';
+import { RateWindow, ratePerSecond } from './rate-window.js';
+import { histogramDelta, histogramQuantile } from '../metrics/histogram.js';
 import { EventPipeline } from '../events/pipeline.js';
 import { agentEventTypes, eventTypes, traceKinds, type AgentEvents, type EventType, type StreamedEvent, type TraceKind } from './events.js';
 
@@ -84,15 +86,95 @@ export interface FlowsResult {
   flows: FlowEntry[];
 }
 
+/** The columns a workloads query can order by ("name" alphabetically, the others largest first). */
+export const workloadSorts = ['rx', 'tx', 'rxPackets', 'txPackets', 'runqueue', 'syscalls', 'retransmits', 'gpu', 'name'] as const;
+export type WorkloadSort = (typeof workloadSorts)[number];
+export const workloadLimit = { default: 50, max: 10000 } as const;
+
+export interface WorkloadQuery {
+  namespace?: string;
+  /** A pod name, or a cgroup path in standalone mode. */
+  pod?: string;
+  sort: WorkloadSort;
+  limit: number;
+}
+
+export interface WorkloadEntry {
+  /** The workload's identity labels (namespace, pod, workload, workload_kind; or cgroup in standalone mode). */
+  workload: Record<string, string>;
+  rxBytesPerSecond: number | null;
+  txBytesPerSecond: number | null;
+  rxPacketsPerSecond: number | null;
+  txPacketsPerSecond: number | null;
+  /** From the run-queue histogram's buckets filled during the interval (not since the agent started); null when nothing waited. */
+  runqueueLatencyP99Seconds: number | null;
+  syscallsPerSecond: number | null;
+  tcpRetransmitsPerSecond: number | null;
+  /** Share of a GPU's time the workload's processes kept its SMs busy, summed over GPUs (1 = one whole GPU); null without GPU processes. */
+  gpuUtilization: number | null;
+}
+
+export interface WorkloadsResult {
+  /** Matching workloads before the limit. */
+  total: number;
+  /** The interval rates are over; null when there is no earlier snapshot yet (rates and p99 are then null). */
+  intervalSeconds: number | null;
+  /** Collectors a column needs that are not running: their columns are null. */
+  collectorsOff: string[];
+  workloads: WorkloadEntry[];
+}
+
+/** The field a sort orders by. */
+export const workloadSortFields: Record<Exclude<WorkloadSort, 'name'>, Exclude<keyof WorkloadEntry, 'workload'>> = {
+  rx: 'rxBytesPerSecond',
+  tx: 'txBytesPerSecond',
+  rxPackets: 'rxPacketsPerSecond',
+  txPackets: 'txPacketsPerSecond',
+  runqueue: 'runqueueLatencyP99Seconds',
+  syscalls: 'syscallsPerSecond',
+  retransmits: 'tcpRetransmitsPerSecond',
+  gpu: 'gpuUtilization',
+};
+
+/** A workload as people read it: namespace/pod, else the workload, or the cgroup path in standalone mode. */
+export function workloadName(labels: Readonly<Record<string, string>>): string {
+  if (labels.cgroup !== undefined) return labels.cgroup;
+  return labels.pod ? `${labels.namespace}/${labels.pod}` : (labels.workload ?? '');
+}
+
+/** Orders workloads by a sort: largest first, workloads without a value last, ties by name. */
+export function compareWorkloads(sort: WorkloadSort): (a: WorkloadEntry, b: WorkloadEntry) => number {
+  const byName = (a: WorkloadEntry, b: WorkloadEntry) => workloadName(a.workload).localeCompare(workloadName(b.workload));
+  if (sort === 'name') return byName;
+  const field = workloadSortFields[sort];
+  return (a, b) => (b[field] ?? -1) - (a[field] ?? -1) || byName(a, b);
+}
+
+/** The collectors a workloads query reads, and the families it takes from them. */
+const workloadSources = {
+  network: { bytes: 'probepilot_network_bytes_total', packets: 'probepilot_network_packets_total' },
+  sched: { runqueue: 'probepilot_runqueue_latency_seconds' },
+  syscalls: { calls: 'probepilot_syscalls_total' },
+  tcp: { retransmits: 'probepilot_tcp_retransmits_total' },
+  gpu: { utilization: 'probepilot_gpu_process_utilization_ratio' },
+} as const;
+
+/** A workload's counters at one query, summed over its containers, protocols, syscalls and GPUs. */
+interface WorkloadReading {
+  rxBytes: number;
+  txBytes: number;
+  rxPackets: number;
+  txPackets: number;
+  syscalls: number;
+  retransmits: number;
+  /** Per-bucket run-queue counts; undefined while it has none. */
+  runqueue: number[] | undefined;
+}
+
 const families: Record<FlowView, { bytes: string; packets: string }> = {
   peer: { bytes: 'probepilot_network_flow_bytes_total', packets: 'probepilot_network_flow_packets_total' },
   protocol: { bytes: 'probepilot_network_bytes_total', packets: 'probepilot_network_packets_total' },
 };
-
-interface Snapshot {
-  at: number;
-  values: Map<string, { bytes: number; packets: number }>;
-}
 
 /** What an event stream delivers: the agent's own events of some types, and traces. */
 export interface EventStreamRequest {
@@ -154,14 +236,11 @@ function keyOf(labels: Record<string, string>): string {
   return JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
 }
 
-/** Rates are over at least this long, against the newest snapshot at least this old. */
-const minRateIntervalMs = 1000;
-/** Queries closer together than this share a snapshot: a burst of queries keeps a handful, not one each. */
-const snapshotSpacingMs = 250;
-
 export class AgentService {
-  /** Per view, oldest first: recent snapshots, so every query finds one at least a second old. */
-  private readonly snapshots = new Map<FlowView, Snapshot[]>();
+  /** Per view: the flows' counters at recent queries. */
+  private readonly flowReadings = new Map<FlowView, RateWindow<Map<string, { bytes: number; packets: number }>>>();
+  /** Every workload's counters at recent queries, and when each collector was read. */
+  private readonly workloadReadings = new RateWindow<{ readAt: Partial<Record<keyof typeof workloadSources, number>>; rows: Map<string, WorkloadReading> }>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -260,20 +339,16 @@ export class AgentService {
         entries.set(key, entry);
       }
     }
-    const snapshot: Snapshot = { at, values: new Map([...entries].map(([k, e]) => [k, { bytes: e.bytes, packets: e.packets }])) };
-    const kept = this.snapshots.get(query.view) ?? [];
-    const baseline = kept.findLast((s) => at - s.at >= minRateIntervalMs);
-    if (baseline) kept.splice(0, kept.indexOf(baseline));
-    const newest = kept.at(-1);
-    if (!newest || at - newest.at >= snapshotSpacingMs) kept.push(snapshot);
-    this.snapshots.set(query.view, kept);
-    const interval = baseline ? (at - baseline.at) / 1000 : null;
+    let readings = this.flowReadings.get(query.view);
+    if (!readings) this.flowReadings.set(query.view, (readings = new RateWindow()));
+    const baseline = readings.advance(at, new Map([...entries].map(([k, e]) => [k, { bytes: e.bytes, packets: e.packets }])));
+    const interval = baseline?.intervalSeconds ?? null;
 
     const flows: FlowEntry[] = [];
     for (const [key, { labels, bytes, packets }] of entries) {
       if (!this.matches(labels, query)) continue;
       const before = baseline?.values.get(key);
-      const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
+      const rate = (now: number, then: number | undefined) => (interval ? ratePerSecond(now, then, interval) : null);
       const workload: Record<string, string> = {};
       const peer: Record<string, string> = {};
       for (const [name, value] of Object.entries(labels)) {
@@ -294,9 +369,110 @@ export class AgentService {
     return { view: query.view, total: flows.length, intervalSeconds: interval, flows: flows.slice(0, query.limit) };
   }
 
-  private matches(labels: Record<string, string>, query: FlowQuery): boolean {
+  /**
+   * Per workload: network rates, run-queue p99, syscall and retransmit rates
+   * over the interval since an earlier query, and GPU utilization now; each
+   * from its collector alone, a collector not running leaving its columns null.
+   */
+  async workloads(query: WorkloadQuery): Promise<WorkloadsResult> {
+    const { manager, identity } = this.deps;
+    const running = new Set(manager.states().filter((s) => s.up).map((s) => s.name));
+    const sources = Object.keys(workloadSources) as Array<keyof typeof workloadSources>;
+    // Collections take tens of milliseconds, some more than others: each collector's rates are over the time between its own reads.
+    const readAt: Partial<Record<keyof typeof workloadSources, number>> = {};
+    const collected = await Promise.all(
+      sources.map(async (name) => {
+        if (!running.has(name)) return [];
+        const families = await manager.collectOf(name);
+        readAt[name] = Date.now();
+        return families;
+      }),
+    );
+    const at = Date.now();
+    const byName = new Map(collected.flat().map((f) => [f.name, f]));
+    const scalars = (name: string): ScalarSample[] => {
+      const family = byName.get(name);
+      return family && family.type !== 'histogram' ? family.samples : [];
+    };
+    const identityNames = identity.labelNames('pod');
+    const rows = new Map<string, { workload: Record<string, string>; reading: WorkloadReading; gpu: number | null }>();
+    const rowOf = (labels: Readonly<Record<string, string>>) => {
+      const workload: Record<string, string> = {};
+      for (const name of identityNames) if (labels[name] !== undefined) workload[name] = labels[name];
+      const key = keyOf(workload);
+      let row = rows.get(key);
+      if (!row) {
+        row = { workload, reading: { rxBytes: 0, txBytes: 0, rxPackets: 0, txPackets: 0, syscalls: 0, retransmits: 0, runqueue: undefined }, gpu: null };
+        rows.set(key, row);
+      }
+      return row;
+    };
+    for (const [field, direction, name] of [
+      ['rxBytes', 'ingress', workloadSources.network.bytes],
+      ['txBytes', 'egress', workloadSources.network.bytes],
+      ['rxPackets', 'ingress', workloadSources.network.packets],
+      ['txPackets', 'egress', workloadSources.network.packets],
+    ] as const) {
+      for (const sample of scalars(name)) if (sample.labels.direction === direction) rowOf(sample.labels).reading[field] += sample.value;
+    }
+    for (const sample of scalars(workloadSources.syscalls.calls)) rowOf(sample.labels).reading.syscalls += sample.value;
+    for (const sample of scalars(workloadSources.tcp.retransmits)) rowOf(sample.labels).reading.retransmits += sample.value;
+    let runqueueBounds: readonly number[] = [];
+    const runqueue = byName.get(workloadSources.sched.runqueue);
+    for (const sample of runqueue?.type === 'histogram' ? runqueue.samples : []) {
+      runqueueBounds = sample.bounds;
+      const { reading } = rowOf(sample.labels);
+      reading.runqueue = reading.runqueue ? reading.runqueue.map((n, i) => n + (sample.counts[i] ?? 0)) : [...sample.counts];
+    }
+    for (const sample of scalars(workloadSources.gpu.utilization)) {
+      const row = rowOf(sample.labels);
+      row.gpu = (row.gpu ?? 0) + sample.value;
+    }
+
+    const baseline = this.workloadReadings.advance(at, { readAt, rows: new Map([...rows].map(([key, row]) => [key, row.reading])) });
+    const interval = baseline?.intervalSeconds ?? null;
+    /** Seconds between this collector's two reads; null when it did not run at both (no rates from it yet). */
+    const intervalOf = (name: keyof typeof workloadSources): number | null => {
+      const [then, now] = [baseline?.values.readAt[name], readAt[name]];
+      return then !== undefined && now !== undefined && now > then ? (now - then) / 1000 : null;
+    };
+    const workloads: WorkloadEntry[] = [];
+    for (const [key, { workload, reading, gpu }] of rows) {
+      if (!this.matchesWorkload(workload, query)) continue;
+      const before = baseline?.values.rows.get(key);
+      const rate = (collector: keyof typeof workloadSources, field: Exclude<keyof WorkloadReading, 'runqueue'>) => {
+        const seconds = intervalOf(collector);
+        return seconds === null ? null : ratePerSecond(reading[field], before?.[field], seconds);
+      };
+      workloads.push({
+        workload,
+        rxBytesPerSecond: rate('network', 'rxBytes'),
+        txBytesPerSecond: rate('network', 'txBytes'),
+        rxPacketsPerSecond: rate('network', 'rxPackets'),
+        txPacketsPerSecond: rate('network', 'txPackets'),
+        runqueueLatencyP99Seconds: intervalOf('sched') !== null && reading.runqueue ? histogramQuantile(0.99, runqueueBounds, histogramDelta(reading.runqueue, before?.runqueue)) : null,
+        syscallsPerSecond: rate('syscalls', 'syscalls'),
+        tcpRetransmitsPerSecond: rate('tcp', 'retransmits'),
+        gpuUtilization: running.has('gpu') ? gpu : null,
+      });
+    }
+    workloads.sort(compareWorkloads(query.sort));
+    return {
+      total: workloads.length,
+      intervalSeconds: interval,
+      collectorsOff: sources.filter((name) => !running.has(name)),
+      workloads: workloads.slice(0, query.limit),
+    };
+  }
+
+  private matchesWorkload(labels: Readonly<Record<string, string>>, query: { namespace?: string; pod?: string }): boolean {
     if (query.namespace !== undefined && labels.namespace !== query.namespace) return false;
     if (query.pod !== undefined && labels.pod !== query.pod && labels.cgroup !== query.pod) return false;
+    return true;
+  }
+
+  private matches(labels: Record<string, string>, query: FlowQuery): boolean {
+    if (!this.matchesWorkload(labels, query)) return false;
     if (query.direction !== undefined && labels.direction !== query.direction) return false;
     if (query.protocol !== undefined && labels.protocol !== query.protocol) return false;
     if (query.peer !== undefined) {

@@ -38,3 +38,31 @@ export function histogramSample(labels: Labels, values: readonly number[], range
   }
   return { labels, bounds, counts, sum: (values[histogramSlots] ?? 0) / 1e9, count };
 }
+
+/** Per-bucket counts observed between two readings of one histogram; a bucket that went back (a restarted collector) reads as none. */
+export function histogramDelta(now: readonly number[], then: readonly number[] | undefined): number[] {
+  return now.map((n, i) => Math.max(0, n - (then?.[i] ?? 0)));
+}
+
+/**
+ * The q-quantile of per-bucket (not cumulative) counts with these upper
+ * bounds (the last count is +Inf), interpolated linearly inside its bucket as
+ * Prometheus' histogram_quantile does; past the last bound it answers the
+ * last bound. null when nothing was observed.
+ */
+export function histogramQuantile(q: number, bounds: readonly number[], counts: readonly number[]): number | null {
+  const total = counts.reduce((a, b) => a + b, 0);
+  if (total === 0) return null;
+  const rank = q * total;
+  let below = 0;
+  for (let i = 0; i < counts.length; i++) {
+    const inBucket = counts[i]!;
+    if (below + inBucket >= rank && inBucket > 0) {
+      if (i >= bounds.length) return bounds.at(-1) ?? null;
+      const lower = i === 0 ? 0 : bounds[i - 1]!;
+      return lower + (bounds[i]! - lower) * ((rank - below) / inBucket);
+    }
+    below += inBucket;
+  }
+  return bounds.at(-1) ?? null;
+}

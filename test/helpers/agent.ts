@@ -97,3 +97,27 @@ export async function startAgent({ args = [], env = {}, waitReady = true }: Star
   }
   return agent;
 }
+
+/**
+ * The agent as on a node of a cluster: Kubernetes mode against the API
+ * server fixture (node test-node), counting traffic on the test network's
+ * host veths, the gRPC API on a free port. Stopped at the test's teardown.
+ */
+export async function startKubernetesAgent(
+  t: { teardown(fn: () => unknown): void },
+  { kubeconfig, runId, collectors }: { kubeconfig: string; runId: string; collectors: ReadonlyArray<keyof typeof schema.collectors> },
+): Promise<{ agent: AgentProcess; grpcAddress: string }> {
+  const agent = await startAgent({
+    env: {
+      ...onlyCollectors(...collectors),
+      PROBEPILOT_KUBERNETES_ENABLED: 'true',
+      PROBEPILOT_KUBERNETES_KUBECONFIG: kubeconfig,
+      NODE_NAME: 'test-node',
+      PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${runId}h*`,
+    },
+    args: ['--grpc-listen', '127.0.0.1:0'],
+  });
+  t.teardown(() => agent.stop());
+  const grpcAddress = String((await agent.waitForLog((l) => l.msg === 'gRPC API listening', 'the gRPC API')).address);
+  return { agent, grpcAddress };
+}

@@ -9,7 +9,7 @@ import t, { type Test } from 'tap';
 import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
-import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
+import { startKubernetesAgent, type AgentProcess } from '../helpers/agent.js';
 import { requirePrivileges } from '../helpers/env.js';
 import { findSamples, parseExposition } from '../helpers/exposition.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
@@ -71,18 +71,7 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
   const pg = await net.addPod();
   kube.upsertPod(podObject(web, { namespace: 'shop', name: 'web-0', owner: { kind: 'StatefulSet', name: 'web' } }));
   kube.upsertPod(podObject(pg, { namespace: 'db', name: 'pg-0', owner: { kind: 'StatefulSet', name: 'pg' } }));
-  const agent = await startAgent({
-    env: {
-      ...onlyCollectors('network', 'process'),
-      PROBEPILOT_KUBERNETES_ENABLED: 'true',
-      PROBEPILOT_KUBERNETES_KUBECONFIG: kubeconfig,
-      NODE_NAME: 'test-node',
-      PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
-    },
-    args: ['--grpc-listen', '127.0.0.1:0'],
-  });
-  t.teardown(() => agent.stop());
-  const grpcAddress = String((await agent.waitForLog((l) => l.msg === 'gRPC API listening', 'the gRPC API')).address);
+  const { agent, grpcAddress } = await startKubernetesAgent(t, { kubeconfig, runId: net.runId, collectors: ['network', 'process'] });
   const stream = subscribe(t, `${agent.url}/api/v1/events`);
 
   await send(web, pg.ipv4, 50);
@@ -201,7 +190,7 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
   await t.test('openapi.json describes every route', async (t) => {
     const { body } = await api<{ openapi: string; paths: Record<string, Record<string, { parameters?: Array<{ name: string }> }>> }>(agent, '/api/v1/openapi.json');
     t.equal(body.openapi, '3.1.0');
-    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/config/reload', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status']);
+    t.same(Object.keys(body.paths).sort(), ['/api/v1/collectors', '/api/v1/collectors/{name}', '/api/v1/config/reload', '/api/v1/events', '/api/v1/flows', '/api/v1/openapi.json', '/api/v1/status', '/api/v1/workloads']);
     t.same(body.paths['/api/v1/flows']!.get!.parameters!.map((p) => p.name), ['view', 'namespace', 'pod', 'peer', 'protocol', 'direction', 'sort', 'limit']);
   });
 

@@ -1,8 +1,9 @@
 // The CLI's cluster mode: two agents on loopback ports, each watching its own
 // pod, listed by EndpointSlices of the agents' Service from the Kubernetes API
-// fixture. status and flows merge both; with one agent stopped it is listed
-// as unreachable (exit 1) and the other's data is still shown. With
-// --prometheus the same commands answer from a real Prometheus scraping both.
+// fixture. status, flows and top (its snapshot and its TUI in tmux) merge
+// both; with one agent stopped it is listed as unreachable (exit 1) and the
+// other's data is still shown. With --prometheus status and flows answer from
+// a real Prometheus scraping both.
 import t from 'tap';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +15,7 @@ import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { waitFor } from '../helpers/wait.js';
 import { execCommand } from '../helpers/proc.js';
 import { startPrometheus } from '../helpers/prometheus.js';
+import { Terminal } from '../helpers/terminal.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 
@@ -84,6 +86,23 @@ t.test('status and flows across the agents of the cluster', async (t) => {
   res = await run(['flows', '--view', 'protocol']);
   t.match(res.stdout, /^NODE\s+WORKLOAD\s+DIRECTION\s+PROTOCOL/m, 'the table names each flow\'s node');
 
+  res = await run(['top', '-o', 'json']);
+  t.equal(res.status, 0, res.stderr);
+  const top = JSON.parse(res.stdout) as { workloads: Array<{ node: string; workload: { cgroup: string }; rxPacketsPerSecond: number | null }>; collectorsOff: string[]; unreachable: unknown[] };
+  for (const [node, pod] of [['node-a', a], ['node-b', b]] as const) {
+    t.ok(top.workloads.some((w) => w.node === node && w.workload.cgroup === pod.cgroupPath && w.rxPacketsPerSecond !== null), `top: ${node}'s workload ${pod.name}, with rates`);
+  }
+  t.same([top.collectorsOff, top.unreachable], [['sched', 'syscalls', 'tcp', 'gpu'], []], 'top: the collectors these agents do not run; every agent answered');
+  res = await run(['top']);
+  t.match(res.stdout, /^NODE\s+WORKLOAD\s+RX\/S\s+TX\/S/m, 'top\'s table names each workload\'s node');
+  const term = new Terminal('cluster');
+  t.teardown(() => term.stop());
+  await term.start(150, 20);
+  await term.type(`${process.execPath} ${cli} top --mode cluster --kubeconfig ${kubeconfig} --interval 1 --sort name`);
+  await term.key('Enter');
+  await term.waitForScreen('both nodes\' workloads in the TUI', (lines) => lines.some((l) => /^NODE\s+WORKLOAD/.test(l)) && ['node-a', 'node-b'].every((node) => lines.some((l) => l.startsWith(`${node}  /`))));
+  t.pass('the TUI in cluster mode: a NODE column, a row from each agent');
+
   // The same questions answered by Prometheus, which scrapes both agents.
   const prometheus = await startPrometheus({ targets: [agentA, agentB].map((x) => `127.0.0.1:${x.port}`), scrapeIntervalSeconds: 1 });
   t.teardown(() => prometheus.stop());
@@ -113,4 +132,11 @@ t.test('status and flows across the agents of the cluster', async (t) => {
   t.equal(res.status, 1);
   t.match(res.stdout, /^node-a\s+/m, 'node-a\'s flows are still shown');
   t.match(res.stdout, /^unreachable: node-b \(http:\/\/127\.0\.0\.1:\d+\): cannot reach the agent/m);
+  res = await run(['top']);
+  t.equal(res.status, 1, 'top: an unreachable agent, exit 1');
+  t.match(res.stdout, /^node-a\s+\S+/m, 'node-a\'s workloads are still shown');
+  t.match(res.stdout, /^unreachable: node-b \(http:\/\/127\.0\.0\.1:\d+\): cannot reach the agent/m);
+  const screen = await term.waitForScreen('node-b unreachable in the TUI', (lines) => lines.some((l) => /^unreachable: node-b \(http:\/\/127\.0\.0\.1:\d+\): cannot reach the agent/.test(l)));
+  t.ok(screen.some((l) => /^node-a\s+/.test(l)), 'the TUI lists node-b as unreachable and keeps node-a\'s rows');
+  await term.type('q');
 });
