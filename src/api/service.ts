@@ -3,9 +3,10 @@
 // the same counters /metrics exports.
 import { existsSync } from 'node:fs';
 import os from 'node:os';
-import type { CollectorManager, CollectorState } from '../collectors/manager.js';
+import type { Collection, CollectorManager, CollectorState } from '../collectors/manager.js';
 import type { Identity } from '../identity/identity.js';
-import type { MetricFamily, ScalarSample } from '../metrics/model.js';
+import type { Labels, ScalarSample } from '../metrics/model.js';
+import { TimeSlicer } from '../metrics/slice.js';
 import { agentVersion } from '../version.js';
 import type { ConfigChange } from '../reload.js';
 
@@ -90,6 +91,21 @@ interface Snapshot {
   values: Map<string, { bytes: number; packets: number }>;
 }
 
+/** One flow of a collection, split into the parts a FlowEntry shows; built once per collection and view. */
+interface CollectedFlow {
+  key: string;
+  labels: Labels;
+  workload: Record<string, string>;
+  peer: Record<string, string>;
+  bytes: number;
+  packets: number;
+}
+
+interface CollectedView {
+  flows: CollectedFlow[];
+  snapshot: Snapshot;
+}
+
 export interface AgentServiceDeps {
   manager: CollectorManager;
   identity: Identity;
@@ -97,11 +113,13 @@ export interface AgentServiceDeps {
   bpfStats: boolean;
   /** Reads and applies the configuration again; throws ConfigError for an invalid one. */
   reload: () => Promise<ConfigChange>;
+  /** How old a collection queries may answer from (collectionMaxAgeSeconds). */
+  collectionMaxAgeMs: number;
 }
 
-/** Labels of a sample as a stable key. */
-function keyOf(labels: Record<string, string>): string {
-  return JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
+/** Labels of a sample as a key: one family's samples carry the same label names in the same order. */
+function keyOf(labels: Labels): string {
+  return Object.values(labels).join('\0');
 }
 
 /** Rates are over at least this long, against the newest snapshot at least this old. */
@@ -112,6 +130,8 @@ const snapshotSpacingMs = 250;
 export class AgentService {
   /** Per view, oldest first: recent snapshots, so every query finds one at least a second old. */
   private readonly snapshots = new Map<FlowView, Snapshot[]>();
+  /** Flows per view of the collections queries answered from lately (dropped with their collection). */
+  private readonly collectedViews = new WeakMap<Collection, Map<FlowView, Promise<CollectedView>>>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -156,26 +176,9 @@ export class AgentService {
 
   async flows(query: FlowQuery): Promise<FlowsResult> {
     // The network collector's families are all flows read; the other collectors' maps are not.
-    const collected = await this.deps.manager.collectOf('network');
-    const at = Date.now();
-    const names = families[query.view];
-    const byName = new Map(collected.map((f) => [f.name, f]));
-    const samples = (name: string): ScalarSample[] => {
-      const family = byName.get(name);
-      return family && family.type !== 'histogram' ? family.samples : [];
-    };
-    const identityNames = new Set(this.deps.identity.labelNames('pod'));
-    identityNames.add('cgroup');
-    const entries = new Map<string, { labels: Record<string, string>; bytes: number; packets: number }>();
-    for (const [field, name] of [['bytes', names.bytes], ['packets', names.packets]] as const) {
-      for (const sample of samples(name)) {
-        const key = keyOf(sample.labels);
-        const entry = entries.get(key) ?? { labels: { ...sample.labels }, bytes: 0, packets: 0 };
-        entry[field] += sample.value;
-        entries.set(key, entry);
-      }
-    }
-    const snapshot: Snapshot = { at, values: new Map([...entries].map(([k, e]) => [k, { bytes: e.bytes, packets: e.packets }])) };
+    const collection = await this.deps.manager.recentCollection('network', this.deps.collectionMaxAgeMs);
+    const { flows: collected, snapshot } = collection ? await this.collectedView(collection, query.view) : { flows: [], snapshot: { at: Date.now(), values: new Map() } };
+    const { at } = snapshot;
     const kept = this.snapshots.get(query.view) ?? [];
     const baseline = kept.findLast((s) => at - s.at >= minRateIntervalMs);
     if (baseline) kept.splice(0, kept.indexOf(baseline));
@@ -183,18 +186,12 @@ export class AgentService {
     if (!newest || at - newest.at >= snapshotSpacingMs) kept.push(snapshot);
     this.snapshots.set(query.view, kept);
     const interval = baseline ? (at - baseline.at) / 1000 : null;
+    const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
 
     const flows: FlowEntry[] = [];
-    for (const [key, { labels, bytes, packets }] of entries) {
+    for (const { key, labels, workload, peer, bytes, packets } of collected) {
       if (!this.matches(labels, query)) continue;
       const before = baseline?.values.get(key);
-      const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
-      const workload: Record<string, string> = {};
-      const peer: Record<string, string> = {};
-      for (const [name, value] of Object.entries(labels)) {
-        if (identityNames.has(name)) workload[name] = value;
-        else if (name.startsWith('peer_')) peer[name] = value;
-      }
       flows.push({
         workload,
         direction: labels.direction ?? '',
@@ -209,7 +206,48 @@ export class AgentService {
     return { view: query.view, total: flows.length, intervalSeconds: interval, flows: flows.slice(0, query.limit) };
   }
 
-  private matches(labels: Record<string, string>, query: FlowQuery): boolean {
+  /** The flows of a view in a collection, built by the first query that reads them; the others share them. */
+  private collectedView(collection: Collection, view: FlowView): Promise<CollectedView> {
+    let views = this.collectedViews.get(collection);
+    if (!views) this.collectedViews.set(collection, (views = new Map()));
+    let built = views.get(view);
+    if (!built) views.set(view, (built = this.buildView(collection, view)));
+    return built;
+  }
+
+  private async buildView(collection: Collection, view: FlowView): Promise<CollectedView> {
+    const names = families[view];
+    const samples = (name: string): ScalarSample[] => {
+      const family = collection.families.find((f) => f.name === name);
+      return family && family.type !== 'histogram' ? family.samples : [];
+    };
+    const identityNames = new Set(this.deps.identity.labelNames('pod'));
+    identityNames.add('cgroup');
+    const slicer = new TimeSlicer();
+    const byKey = new Map<string, CollectedFlow>();
+    for (const [field, name] of [['bytes', names.bytes], ['packets', names.packets]] as const) {
+      for (const sample of samples(name)) {
+        if (slicer.due()) await slicer.yield();
+        const key = keyOf(sample.labels);
+        let flow = byKey.get(key);
+        if (!flow) {
+          const workload: Record<string, string> = {};
+          const peer: Record<string, string> = {};
+          for (const [label, value] of Object.entries(sample.labels)) {
+            if (identityNames.has(label)) workload[label] = value;
+            else if (label.startsWith('peer_')) peer[label] = value;
+          }
+          flow = { key, labels: sample.labels, workload, peer, bytes: 0, packets: 0 };
+          byKey.set(key, flow);
+        }
+        flow[field] += sample.value;
+      }
+    }
+    const flows = [...byKey.values()];
+    return { flows, snapshot: { at: collection.at, values: new Map(flows.map((f) => [f.key, { bytes: f.bytes, packets: f.packets }])) } };
+  }
+
+  private matches(labels: Labels, query: FlowQuery): boolean {
     if (query.namespace !== undefined && labels.namespace !== query.namespace) return false;
     if (query.pod !== undefined && labels.pod !== query.pod && labels.cgroup !== query.pod) return false;
     if (query.direction !== undefined && labels.direction !== query.direction) return false;
