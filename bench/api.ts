@@ -19,7 +19,7 @@ import { FakeKubeApi, podObject, type KubeObject } from '../test/helpers/kube-ap
 import { createTestNetwork, type Pod } from '../test/helpers/pods.js';
 import { execChecked, execCommand } from '../test/helpers/proc.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { medianRow, type BenchOptions, type BenchSection } from './common.js';
+import { medianRow, percentile, type BenchOptions, type BenchSection } from './common.js';
 
 /** Addresses of the remote pods: part of the benchmarking range (RFC 2544) the test pods do not use. */
 const remoteRange = '198.19.240.0/20';
@@ -54,11 +54,6 @@ async function timed(url: string): Promise<number> {
 /** The agent's longest event-loop delay since the previous scrape (prom-client resets it at each collection). */
 async function maxStallMs(agent: AgentProcess): Promise<number> {
   return (findSamples(parseExposition(await agent.metrics()), 'probepilot_nodejs_eventloop_lag_max_seconds')[0]?.value ?? NaN) * 1000;
-}
-
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
 }
 
 export async function benchApi(opts: BenchOptions): Promise<BenchSection> {

@@ -7,7 +7,9 @@
 //   * syscalls: its programs vs empty raw_syscalls programs; a getppid loop
 //     with the collector vs without;
 //   * api: GET /api/v1/flows over ~10,000 flow entries vs GET /healthz, and
-//     the agent's longest event-loop stall while serving each.
+//     the agent's longest event-loop stall while serving each;
+//   * scrape: GET /metrics (gzip) at ~20k and ~100k series (synthetic
+//     syscall entries) vs GET /healthz, /healthz meanwhile, and the stall.
 // Options: --quick (1 short round, for CI), --rounds N, --seconds S,
 // --only a,b (just those sections, e.g. --only api).
 import { mkdirSync, writeFileSync } from 'node:fs';
@@ -18,6 +20,7 @@ import { loadAddon } from '../src/bpf/addon.js';
 import type { BenchOptions, BenchSection } from './common.js';
 import { benchApi } from './api.js';
 import { benchNetwork } from './network.js';
+import { benchScrape } from './scrape.js';
 import { benchSched } from './sched.js';
 import { benchSyscalls } from './syscalls.js';
 
@@ -38,6 +41,7 @@ async function main(): Promise<void> {
     sched: () => benchSched(addon, opts),
     syscalls: () => benchSyscalls(addon, opts),
     api: () => benchApi(opts),
+    scrape: () => benchScrape(opts),
   };
   const only = args.only?.split(',') ?? Object.keys(runners);
   const unknown = only.filter((name) => !(name in runners));

@@ -1,10 +1,9 @@
 // The agent's HTTP face: /metrics for Prometheus, /healthz and /readyz for
 // the kubelet's probes, and the REST API under /api/v1.
 import { Readable } from 'node:stream';
-import { createGzip } from 'node:zlib';
 import Fastify, { LogController } from 'fastify';
 import type { Logger } from './log.js';
-import type { PrometheusExporter } from './exporters/prometheus.js';
+import { PrometheusExporter } from './exporters/prometheus.js';
 import type { CollectorState } from './collectors/manager.js';
 import type { AgentEvents } from './api/events.js';
 import { registerApi } from './api/rest.js';
@@ -50,9 +49,8 @@ export function buildServer({ log, exporter, ready, collectors, service, events 
       return reply.code(503).type('text/plain; charset=utf-8').send('the first collection did not finish within the scrape timeout; the next scrape gets it\n');
     }
     reply.type(exporter.contentType).header('vary', 'accept-encoding');
-    const body = Readable.from(answer.exposition.chunks);
-    if (!acceptsGzip(request.headers['accept-encoding'])) return reply.send(body);
-    return reply.header('content-encoding', 'gzip').send(body.pipe(createGzip()));
+    if (!acceptsGzip(request.headers['accept-encoding'])) return reply.send(Readable.from(answer.exposition.chunks));
+    return reply.header('content-encoding', 'gzip').send(await PrometheusExporter.gzipped(answer.exposition));
   });
 
   app.get('/healthz', async () => ({ status: 'ok' }));

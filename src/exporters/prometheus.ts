@@ -4,6 +4,8 @@
 // prom-client's registry renders in one synchronous pass, byte for byte,
 // without holding the event loop for 100k series. prom-client still renders
 // its process and Node.js metrics, which are few.
+import { promisify } from 'node:util';
+import { constants as zlibConstants, gzip } from 'node:zlib';
 import { Registry, collectDefaultMetrics } from 'prom-client';
 import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily } from '../metrics/model.js';
 import { TimeSlicer } from '../metrics/slice.js';
@@ -18,11 +20,13 @@ const staleFamily: FamilyDescriptor = {
 /** Share of the scraper's timeout spent waiting for a fresh exposition; the rest is for sending it. */
 export const scrapeTimeoutShare = 0.8;
 
-/** One rendered exposition: the text, in chunks of about chunkLength characters. */
+/** One rendered exposition: the text as UTF-8, in chunks of about chunkLength characters. */
 export interface Exposition {
   /** Date.now() when its collection began. */
   at: number;
-  chunks: string[];
+  chunks: Buffer[];
+  /** The same bytes gzip-compressed, made on the first scrape that asks (off the event loop) and shared. */
+  gzipped?: Promise<Buffer>;
 }
 
 export interface ScrapeAnswer {
@@ -32,16 +36,36 @@ export interface ScrapeAnswer {
 }
 
 const chunkLength = 1 << 16;
+const gzipAsync = promisify(gzip);
 
 /** prom-client's escaping: HELP text and names escape backslash and newline; label values also the double quote. */
 function escapeText(text: string): string {
   return text.replace(/\\/g, '\\\\').replace(/\n/g, '\\n');
 }
 
+/** Formatted label sets by object: a series keeps its labels object from one collection to the next. */
+const formattedLabels = new WeakMap<Labels, string>();
+
 function formatLabels(labels: Labels): string {
-  let out = '';
-  for (const name in labels) out += `${out ? ',' : ''}${name}="${escapeText(labels[name]!).replace(/"/g, '\\"')}"`;
+  let out = formattedLabels.get(labels);
+  if (out === undefined) {
+    out = '';
+    for (const name in labels) out += `${out ? ',' : ''}${name}="${escapeText(labels[name]!).replace(/"/g, '\\"')}"`;
+    formattedLabels.set(labels, out);
+  }
   return out;
+}
+
+/** `le="BOUND"} ` per bound, by bounds array (one per histogram range). */
+const bucketSuffixes = new WeakMap<readonly number[], string[]>();
+
+function bucketSuffixesOf(bounds: readonly number[]): string[] {
+  let suffixes = bucketSuffixes.get(bounds);
+  if (!suffixes) {
+    suffixes = bounds.map((bound) => `le="${bound}"} `);
+    bucketSuffixes.set(bounds, suffixes);
+  }
+  return suffixes;
 }
 
 /** prom-client's value format (NaN is written "Nan", which Prometheus reads as NaN). */
@@ -53,15 +77,16 @@ function formatValue(value: number): string {
 
 function histogramLines(name: string, sample: HistogramSample): string {
   const labels = formatLabels(sample.labels);
-  const bucket = `${name}_bucket{${labels ? `${labels},` : ''}le="`;
+  const bucket = `\n${name}_bucket{${labels ? `${labels},` : ''}`;
   const plain = labels ? `{${labels}}` : '';
+  const suffixes = bucketSuffixesOf(sample.bounds);
   let out = '';
   let cumulative = 0;
-  sample.bounds.forEach((bound, i) => {
+  for (let i = 0; i < suffixes.length; i++) {
     cumulative += sample.counts[i] ?? 0;
-    out += `\n${bucket}${bound}"} ${formatValue(cumulative)}`;
-  });
-  out += `\n${bucket}+Inf"} ${formatValue(sample.count)}`;
+    out += bucket + suffixes[i]! + formatValue(cumulative);
+  }
+  out += `${bucket}le="+Inf"} ${formatValue(sample.count)}`;
   out += `\n${name}_sum${plain} ${formatValue(sample.sum)}`;
   out += `\n${name}_count${plain} ${formatValue(sample.count)}`;
   return out;
@@ -73,14 +98,15 @@ function histogramLines(name: string, sample: HistogramSample): string {
  * registry.metrics() would write it, in chunks; yields to the event loop
  * between slices.
  */
-export async function renderExposition(descriptors: readonly FamilyDescriptor[], families: readonly MetricFamily[], slicer: TimeSlicer): Promise<string[]> {
+export async function renderExposition(descriptors: readonly FamilyDescriptor[], families: readonly MetricFamily[], slicer: TimeSlicer): Promise<Buffer[]> {
   const byName = new Map(families.map((f) => [f.name, f]));
-  const chunks: string[] = [];
+  // Encoded chunk by chunk: short-lived strings, and the exposition kept off the JS heap until the next one.
+  const chunks: Buffer[] = [];
   let current = '';
   const emit = (text: string): void => {
     current += text;
     if (current.length >= chunkLength) {
-      chunks.push(current);
+      chunks.push(Buffer.from(current));
       current = '';
     }
   };
@@ -103,7 +129,7 @@ export async function renderExposition(descriptors: readonly FamilyDescriptor[],
     }
   }
   emit('\n');
-  if (current) chunks.push(current);
+  if (current) chunks.push(Buffer.from(current));
   return chunks;
 }
 
@@ -153,6 +179,18 @@ export class PrometheusExporter {
     return { exposition: this.latest, stale: true };
   }
 
+  /**
+   * The exposition gzip-compressed: once per exposition, on the thread pool,
+   * at the fastest level (as Prometheus's own client, promhttp, does). Each
+   * chunk is its own gzip member, so nothing copies the whole text on the
+   * event loop; a gzip stream of several members is one body to every
+   * reader (RFC 1952; Go's gzip.Reader, which Prometheus uses, reads them all).
+   */
+  static gzipped(exposition: Exposition): Promise<Buffer> {
+    exposition.gzipped ??= Promise.all(exposition.chunks.map((chunk) => gzipAsync(chunk, { level: zlibConstants.Z_BEST_SPEED }))).then((members) => Buffer.concat(members));
+    return exposition.gzipped;
+  }
+
   private fresh(): Promise<Exposition> {
     this.inflight ??= this.build().finally(() => {
       this.inflight = undefined;
@@ -166,7 +204,7 @@ export class PrometheusExporter {
     const stale: MetricFamily = { ...staleFamily, type: 'counter', samples: [{ labels: {}, value: this.staleAnswers }] };
     const chunks = await renderExposition(this.descriptors, [...families, stale], new TimeSlicer());
     // registry.metrics() separates families by a blank line and ends with a newline, as ours do.
-    chunks.push(`\n${await this.registry.metrics()}`);
+    chunks.push(Buffer.from(`\n${await this.registry.metrics()}`));
     const exposition = { at, chunks };
     this.latest = exposition;
     return exposition;

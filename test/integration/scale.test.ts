@@ -6,22 +6,15 @@
 // too short for a collection gets the previous exposition, counted; and a
 // real Prometheus scrapes it all.
 import t from 'tap';
-import { mkdirSync, mkdtempSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { request } from 'node:http';
-import os from 'node:os';
-import path from 'node:path';
 import { gunzipSync } from 'node:zlib';
 import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
-import { cgroup2Root, removeCgroupTree } from '../helpers/cgroups.js';
 import { requirePrivileges } from '../helpers/env.js';
 import { checkExposition, parseExposition, sampleValue, type MetricFamily } from '../helpers/exposition.js';
-import { execChecked } from '../helpers/proc.js';
 import { promtoolCheckMetrics, startPrometheus } from '../helpers/prometheus.js';
+import { fillSyscallStats, syntheticSlots as slots, syntheticValue as written, syntheticWorkloads } from '../helpers/syscall-table.js';
 import { loadAddon } from '../../src/bpf/addon.js';
-import { syscallSlots } from '../../src/collectors/syscalls.js';
-import { defaultTrackedSyscalls } from '../../src/collectors/syscall-table.js';
-import { histogramSlots } from '../../src/metrics/histogram.js';
-import type { AgentStatus, FlowsResult } from '../../src/api/service.js';
+import type { FlowsResult } from '../../src/api/service.js';
 
 interface RawAnswer {
   status: number;
@@ -43,41 +36,6 @@ function rawGet(agent: AgentProcess, urlPath: string, headers: Record<string, st
   });
 }
 
-/** What the test writes for workload w and syscall slot s (bpftool gives every CPU the same value). */
-function written(w: number, s: number) {
-  return { calls: 1000 + w * 100 + s, errors: s, fast: w + 1, slow: s + 1, sumNs: 1_000_000 * (w + 1) + s };
-}
-
-function entryHex(id: bigint, slot: number, w: number): { key: string; value: string } {
-  const key = Buffer.alloc(16);
-  key.writeBigUInt64LE(id, 0);
-  key.writeUInt32LE(slot, 8);
-  const v = written(w, slot);
-  const value = Buffer.alloc(16 + (histogramSlots + 1) * 8);
-  value.writeBigUInt64LE(BigInt(v.calls), 0);
-  value.writeBigUInt64LE(BigInt(v.errors), 8);
-  value.writeBigUInt64LE(BigInt(v.fast), 16 + 10 * 8); // slot 10: [2^10, 2^11) ns
-  value.writeBigUInt64LE(BigInt(v.slow), 16 + 20 * 8); // slot 20: [2^20, 2^21) ns
-  value.writeBigUInt64LE(BigInt(v.sumNs), 16 + histogramSlots * 8);
-  const hex = (b: Buffer) => [...b].map((x) => x.toString(16).padStart(2, '0')).join(' ');
-  return { key: hex(key), value: hex(value) };
-}
-
-async function syscallStatsMapId(agent: AgentProcess): Promise<number> {
-  const status = (await (await fetch(`${agent.url}/api/v1/status`)).json()) as AgentStatus;
-  const programs = status.collectors.find((c) => c.name === 'syscalls')?.programs ?? [];
-  const mapIds = new Set<number>();
-  for (const program of programs) {
-    const shown = JSON.parse(await execChecked('bpftool', ['prog', 'show', 'id', String(program.id), '-j'])) as { map_ids?: number[] };
-    for (const id of shown.map_ids ?? []) mapIds.add(id);
-  }
-  for (const id of mapIds) {
-    const { name } = JSON.parse(await execChecked('bpftool', ['map', 'show', 'id', String(id), '-j'])) as { name: string };
-    if (name === 'syscall_stats') return id;
-  }
-  throw new Error(`no syscall_stats among the maps of the syscalls programs (${[...mapIds].join(', ')})`);
-}
-
 function counterOf(families: readonly MetricFamily[], name: string, collector: string): number {
   return sampleValue(families, name, { collector }) ?? NaN;
 }
@@ -85,19 +43,9 @@ function counterOf(families: readonly MetricFamily[], name: string, collector: s
 t.test('a big kernel table through /metrics', async (t) => {
   if (!requirePrivileges(t, 'BPF maps filled through bpftool')) return;
   const cpus = loadAddon().possibleCpus();
-  const parentName = `pp-scale-${process.pid}`;
-  const parent = path.join(cgroup2Root(), parentName);
-  mkdirSync(parent);
-  t.teardown(() => removeCgroupTree(parent));
-  const workloads = 80;
-  const ids: bigint[] = [];
-  for (let w = 0; w < workloads; w++) {
-    const dir = path.join(parent, `w${w}`);
-    mkdirSync(dir);
-    ids.push(statSync(dir, { bigint: true }).ino); // a cgroup v2 directory's inode number is its cgroup id
-  }
-  const { names: slots } = syscallSlots(defaultTrackedSyscalls);
-
+  const workloads = syntheticWorkloads(80);
+  t.teardown(() => workloads.remove());
+  const parentName = workloads.name;
   const agent = await startAgent({
     env: {
       ...onlyCollectors('syscalls', 'network'),
@@ -109,19 +57,7 @@ t.test('a big kernel table through /metrics', async (t) => {
   });
   t.teardown(() => agent.stop());
 
-  const dir = mkdtempSync(path.join(os.tmpdir(), 'pp-scale-'));
-  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
-  const mapId = await syscallStatsMapId(agent);
-  const lines: string[] = [];
-  ids.forEach((id, w) =>
-    slots.forEach((_, s) => {
-      const { key, value } = entryHex(id, s, w);
-      lines.push(`map update id ${mapId} key hex ${key} value hex ${value}`);
-    }),
-  );
-  writeFileSync(path.join(dir, 'batch'), `${lines.join('\n')}\n`);
-  await execChecked('bpftool', ['batch', 'file', path.join(dir, 'batch')], { timeoutMs: 120_000 });
-  const entries = lines.length;
+  const entries = await fillSyscallStats(agent, workloads);
 
   const plain = await rawGet(agent, '/metrics');
   t.equal(plain.status, 200);
@@ -143,7 +79,7 @@ t.test('a big kernel table through /metrics', async (t) => {
     const latency = index('probepilot_syscall_latency_seconds');
     let exact = 0;
     let series = 0;
-    for (let w = 0; w < workloads; w++) {
+    for (let w = 0; w < workloads.ids.length; w++) {
       for (const [s, syscall] of slots.entries()) {
         const v = written(w, s);
         const at = (name: string, le = '') => `${name}\0${label(w)}\0${syscall}\0${le}`;

@@ -5,6 +5,7 @@
 // loop; scrapes share one collection; the scrape timeout serves the previous
 // exposition or nothing, and is counted.
 import t from 'tap';
+import { gunzipSync } from 'node:zlib';
 import { Registry, type Metric } from 'prom-client';
 import { PrometheusExporter, renderExposition, scrapeTimeoutShare } from '../../src/exporters/prometheus.js';
 import { acceptsGzip, scrapeTimeout } from '../../src/server.js';
@@ -73,7 +74,7 @@ t.test('rendering 100k+ series in slices gives prom-client\'s one-pass text, byt
   clearInterval(ticker);
   t.ok(turns > 0, `timers ran ${turns} times while it rendered: it gave the event loop back`);
   t.ok(chunks.length > 10, `${chunks.length} chunks`);
-  const text = chunks.join('');
+  const text = Buffer.concat(chunks).toString();
   const expected = await onePass(families);
   t.equal(text.length, expected.length, 'same length');
   t.ok(text === expected, 'identical to the one-pass rendering');
@@ -87,7 +88,7 @@ t.test('rendering 100k+ series in slices gives prom-client\'s one-pass text, byt
 });
 
 t.test('an empty collection renders every family\'s HELP and TYPE, as prom-client does', async (t) => {
-  const text = (await renderExposition(descriptors, [], new TimeSlicer())).join('');
+  const text = Buffer.concat(await renderExposition(descriptors, [], new TimeSlicer())).toString();
   t.equal(text, await onePass([]));
   t.equal(text.split('\n').filter((l) => l.startsWith('# TYPE ')).length, descriptors.length);
 });
@@ -101,7 +102,7 @@ function controlledExporter() {
   const pending: Deferred[] = [];
   const exporter = new PrometheusExporter([single], () => new Promise<MetricFamily[]>((resolve) => pending.push({ resolve })));
   const finish = (value: number) => pending.shift()!.resolve([{ ...single, type: 'gauge', samples: [{ labels: {}, value }] }]);
-  const body = (chunks: string[]) => chunks.join('');
+  const body = (chunks: Buffer[]) => Buffer.concat(chunks).toString();
   return { exporter, pending, finish, body };
 }
 
@@ -114,6 +115,9 @@ t.test('scrapes that arrive while an exposition is built share it', async (t) =>
   const answers = await Promise.all(scrapes);
   t.ok(answers.every((a) => a !== undefined && !a.stale && a.exposition === answers[0]!.exposition), 'the same exposition for all');
   t.equal(sampleValue(parseExposition(body(answers[0]!.exposition.chunks)), single.name), 7);
+  const gzipped = await PrometheusExporter.gzipped(answers[0]!.exposition);
+  t.equal(gunzipSync(gzipped).toString(), body(answers[0]!.exposition.chunks), 'gzip decodes to the same bytes');
+  t.equal(await PrometheusExporter.gzipped(answers[1]!.exposition), gzipped, 'compressed once per exposition');
   const next = exporter.scrape();
   await new Promise((r) => setImmediate(r));
   t.equal(pending.length, 1, 'a scrape after it gets a fresh collection');
