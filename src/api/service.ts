@@ -101,9 +101,26 @@ interface CollectedFlow {
   packets: number;
 }
 
+/** The answers of one collection for one view against one baseline: every flow with its rates, serialized, and sorted each way. */
+interface ViewAnswers {
+  baseline: Snapshot | undefined;
+  interval: number | null;
+  flows: Array<{ flow: CollectedFlow; entry: FlowEntry }>;
+  sorted: Partial<Record<FlowQuery['sort'], Array<{ flow: CollectedFlow; entry: FlowEntry }>>>;
+}
+
 interface CollectedView {
   flows: CollectedFlow[];
   snapshot: Snapshot;
+  answers: ViewAnswers | undefined;
+}
+
+/** Flow entries as JSON, written once per collection: a query of 10,000 flows joins strings instead of serializing objects. */
+const serializedFlows = new WeakMap<FlowEntry, string>();
+
+/** A flow entry as JSON (JSON.stringify's text), from the cache when the entry came from flows(). */
+export function flowJson(entry: FlowEntry): string {
+  return serializedFlows.get(entry) ?? JSON.stringify(entry);
 }
 
 export interface AgentServiceDeps {
@@ -177,33 +194,50 @@ export class AgentService {
   async flows(query: FlowQuery): Promise<FlowsResult> {
     // The network collector's families are all flows read; the other collectors' maps are not.
     const collection = await this.deps.manager.recentCollection('network', this.deps.collectionMaxAgeMs);
-    const { flows: collected, snapshot } = collection ? await this.collectedView(collection, query.view) : { flows: [], snapshot: { at: Date.now(), values: new Map() } };
-    const { at } = snapshot;
+    if (!collection) return { view: query.view, total: 0, intervalSeconds: null, flows: [] };
+    const view = await this.collectedView(collection, query.view);
+    const { at } = view.snapshot;
     const kept = this.snapshots.get(query.view) ?? [];
     const baseline = kept.findLast((s) => at - s.at >= minRateIntervalMs);
     if (baseline) kept.splice(0, kept.indexOf(baseline));
     const newest = kept.at(-1);
-    if (!newest || at - newest.at >= snapshotSpacingMs) kept.push(snapshot);
+    if (!newest || at - newest.at >= snapshotSpacingMs) kept.push(view.snapshot);
     this.snapshots.set(query.view, kept);
-    const interval = baseline ? (at - baseline.at) / 1000 : null;
-    const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
-
+    // Queries of one collection find the same baseline: they share its answers.
+    if (!view.answers || view.answers.baseline !== baseline) view.answers = await this.answers(view, query.view, baseline);
+    const { answers } = view;
+    const sorted = (answers.sorted[query.sort] ??= [...answers.flows].sort((a, b) => b.entry[query.sort] - a.entry[query.sort]));
     const flows: FlowEntry[] = [];
-    for (const { key, labels, workload, peer, bytes, packets } of collected) {
-      if (!this.matches(labels, query)) continue;
-      const before = baseline?.values.get(key);
-      flows.push({
+    let total = 0;
+    for (const { flow, entry } of sorted) {
+      if (!this.matches(flow.labels, query)) continue;
+      if (total++ < query.limit) flows.push(entry);
+    }
+    return { view: query.view, total, intervalSeconds: answers.interval, flows };
+  }
+
+  private async answers(view: CollectedView, flowView: FlowView, baseline: Snapshot | undefined): Promise<ViewAnswers> {
+    const interval = baseline ? (view.snapshot.at - baseline.at) / 1000 : null;
+    const rate = (now: number, then: number | undefined) => (interval && interval > 0 ? Math.max(0, now - (then ?? 0)) / interval : null);
+    const slicer = new TimeSlicer();
+    const flows: ViewAnswers['flows'] = [];
+    for (const flow of view.flows) {
+      if (slicer.due()) await slicer.yield();
+      const { labels, workload, peer, bytes, packets } = flow;
+      const before = baseline?.values.get(flow.key);
+      const entry: FlowEntry = {
         workload,
         direction: labels.direction ?? '',
-        ...(query.view === 'peer' ? { peer } : { protocol: labels.protocol ?? '' }),
+        ...(flowView === 'peer' ? { peer } : { protocol: labels.protocol ?? '' }),
         bytes,
         packets,
         bytesPerSecond: rate(bytes, before?.bytes),
         packetsPerSecond: rate(packets, before?.packets),
-      });
+      };
+      serializedFlows.set(entry, JSON.stringify(entry));
+      flows.push({ flow, entry });
     }
-    flows.sort((a, b) => b[query.sort] - a[query.sort]);
-    return { view: query.view, total: flows.length, intervalSeconds: interval, flows: flows.slice(0, query.limit) };
+    return { baseline, interval, flows, sorted: {} };
   }
 
   /** The flows of a view in a collection, built by the first query that reads them; the others share them. */
@@ -244,7 +278,7 @@ export class AgentService {
       }
     }
     const flows = [...byKey.values()];
-    return { flows, snapshot: { at: collection.at, values: new Map(flows.map((f) => [f.key, { bytes: f.bytes, packets: f.packets }])) } };
+    return { flows, snapshot: { at: collection.at, values: new Map(flows.map((f) => [f.key, { bytes: f.bytes, packets: f.packets }])) }, answers: undefined };
   }
 
   private matches(labels: Labels, query: FlowQuery): boolean {
