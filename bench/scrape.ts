@@ -12,7 +12,7 @@ import { gunzipSync } from 'node:zlib';
 import { startAgent, onlyCollectors, type AgentProcess } from '../test/helpers/agent.js';
 import { findSamples, parseExposition } from '../test/helpers/exposition.js';
 import { fillSyscallStats, seriesPerEntry, syntheticSlots, syntheticWorkloads } from '../test/helpers/syscall-table.js';
-import { medianRow, percentile, type BenchOptions, type BenchRow, type BenchSection } from './common.js';
+import { median, medianRow, percentile, type BenchOptions, type BenchRow, type BenchSection } from './common.js';
 
 /** One GET; resolves with the milliseconds to the last byte and the raw body. */
 function timedGet(agent: AgentProcess, urlPath: string, headers: Record<string, string> = {}): Promise<{ ms: number; body: Buffer }> {
@@ -29,9 +29,11 @@ function timedGet(agent: AgentProcess, urlPath: string, headers: Record<string, 
   });
 }
 
-/** The agent's longest event-loop delay since its previous exposition, in ms. */
-function stallMs(exposition: Buffer): number {
-  return (findSamples(parseExposition(exposition), 'probepilot_nodejs_eventloop_lag_max_seconds')[0]?.value ?? NaN) * 1000;
+/** The agent's longest event-loop delay since its previous exposition, and its CPU time so far, in ms. */
+function agentGauges(exposition: Buffer): { stallMs: number; cpuMs: number } {
+  const families = parseExposition(exposition);
+  const value = (name: string) => (findSamples(families, name)[0]?.value ?? NaN) * 1000;
+  return { stallMs: value('probepilot_nodejs_eventloop_lag_max_seconds'), cpuMs: value('probepilot_process_cpu_seconds_total') };
 }
 
 async function healthzSamples(agent: AgentProcess, count: number): Promise<number[]> {
@@ -47,6 +49,8 @@ interface ScaleRun {
   healthzDuringMs: number[];
   stallAloneMs: number;
   stallScrapingMs: number;
+  /** Agent CPU time per scrape (with the /healthz polls meanwhile). */
+  cpuMsPerScrape: number;
 }
 
 async function measure(agent: AgentProcess, scrapes: number, probes: number): Promise<ScaleRun> {
@@ -54,10 +58,13 @@ async function measure(agent: AgentProcess, scrapes: number, probes: number): Pr
   const first = (await timedGet(agent, '/metrics')).body.toString();
   const series = first.split('\n').filter((l) => l && !l.startsWith('#')).length;
   const healthzAloneMs = await healthzSamples(agent, probes);
-  const stallAloneMs = stallMs((await timedGet(agent, '/metrics')).body);
+  const alone = agentGauges((await timedGet(agent, '/metrics')).body);
+  const stallAloneMs = alone.stallMs;
+  let lastCpuMs = alone.cpuMs;
   const scrapeMs: number[] = [];
   const healthzDuringMs: number[] = [];
   let stallScrapingMs = 0;
+  let firstScraped: Buffer | undefined;
   let scraping = true;
   const poller = (async () => {
     while (scraping) healthzDuringMs.push((await timedGet(agent, '/healthz')).ms);
@@ -65,15 +72,20 @@ async function measure(agent: AgentProcess, scrapes: number, probes: number): Pr
   for (let i = 0; i < scrapes; i++) {
     const { ms, body } = await timedGet(agent, '/metrics', { 'accept-encoding': 'gzip', 'x-prometheus-scrape-timeout-seconds': '10' });
     scrapeMs.push(ms);
-    stallScrapingMs = Math.max(stallScrapingMs, stallMs(gunzipSync(body)));
+    if (i === 0) firstScraped = gunzipSync(body);
+    const gauges = agentGauges(gunzipSync(body));
+    stallScrapingMs = Math.max(stallScrapingMs, gauges.stallMs);
+    lastCpuMs = gauges.cpuMs;
   }
   scraping = false;
   await poller;
-  return { series, scrapeMs, healthzAloneMs, healthzDuringMs, stallAloneMs, stallScrapingMs };
+  // The CPU read in a scrape's exposition covers up to its rendering: the windows between scrapes 1 and N hold N - 1 scrapes.
+  const cpuMsPerScrape = (lastCpuMs - agentGauges(firstScraped!).cpuMs) / (scrapes - 1);
+  return { series, scrapeMs, healthzAloneMs, healthzDuringMs, stallAloneMs, stallScrapingMs, cpuMsPerScrape };
 }
 
 function runSamples(run: ScaleRun): Record<string, number[]> {
-  return { scrapeMs: run.scrapeMs, healthzAloneMs: run.healthzAloneMs, healthzDuringMs: run.healthzDuringMs, stallMs: [run.stallAloneMs, run.stallScrapingMs], series: [run.series] };
+  return { scrapeMs: run.scrapeMs, healthzAloneMs: run.healthzAloneMs, healthzDuringMs: run.healthzDuringMs, stallMs: [run.stallAloneMs, run.stallScrapingMs], cpuMsPerScrape: [run.cpuMsPerScrape], series: [run.series] };
 }
 
 function rows(label: string, run: ScaleRun): BenchRow[] {
@@ -85,6 +97,7 @@ function rows(label: string, run: ScaleRun): BenchRow[] {
     { measure: `GET /metrics (gzip) p99 (ms), ${label}`, baseline: `GET /healthz; ${series}`, ...p99, ratio: p99.value / p99.base },
     { measure: `GET /healthz p99 during scrapes (ms), ${label}`, baseline: 'GET /healthz alone', ...healthz, ratio: healthz.value / healthz.base },
     { measure: `agent event-loop max stall during scrapes (ms), ${label}`, baseline: 'serving /healthz', base: run.stallAloneMs, value: run.stallScrapingMs, ratio: run.stallScrapingMs / run.stallAloneMs },
+    { measure: `agent CPU per scrape (ms), ${label}`, baseline: 'scrape p50 (wall clock)', base: median(run.scrapeMs), value: run.cpuMsPerScrape, ratio: run.cpuMsPerScrape / median(run.scrapeMs) },
   ];
 }
 

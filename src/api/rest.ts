@@ -242,16 +242,19 @@ export function registerApi(app: AgentApp, service: AgentService, events: AgentE
   });
 }
 
+/** Bytes per chunk of a large answer: written as UTF-8 buffers, so the socket never measures or flattens one huge string. */
+const jsonChunkLength = 1 << 16;
+
 /**
  * JSON.stringify(value), byte for byte, for an object whose last key is a
- * long array: the text in chunks, yielding to the event loop between slices.
+ * long array: UTF-8 chunks, yielding to the event loop between slices.
  */
 export async function* jsonInSlices<K extends string, I, T extends Record<K, readonly I[]>>(
   value: T,
   arrayKey: K,
   /** JSON.stringify of one item, or what gives the same text faster. */
   itemJson: (item: I) => string | undefined = (item) => JSON.stringify(item),
-): AsyncGenerator<string> {
+): AsyncGenerator<Buffer> {
   const { [arrayKey]: items, ...head } = value;
   const keys = Object.keys(value);
   if (keys.at(-1) !== arrayKey) throw new Error(`${arrayKey} must be the last key to be written in slices (keys: ${keys.join(', ')})`);
@@ -260,13 +263,13 @@ export async function* jsonInSlices<K extends string, I, T extends Record<K, rea
   let chunk = `${opening === '{}' ? '{' : `${opening.slice(0, -1)},`}${JSON.stringify(arrayKey)}:[`;
   for (let i = 0; i < items.length; i++) {
     chunk += `${i > 0 ? ',' : ''}${itemJson(items[i]!) ?? 'null'}`;
-    if (slicer.due()) {
-      yield chunk;
+    if (chunk.length >= jsonChunkLength) {
+      yield Buffer.from(chunk);
       chunk = '';
-      await slicer.yield();
     }
+    if (slicer.due()) await slicer.yield();
   }
-  yield `${chunk}]}`;
+  yield Buffer.from(`${chunk}]}`);
 }
 
 interface ValidationIssue {

@@ -3,14 +3,10 @@
 import t from 'tap';
 import { jsonInSlices } from '../../src/api/rest.js';
 
-async function text(generator: AsyncGenerator<string>): Promise<{ text: string; chunks: number }> {
-  let out = '';
-  let chunks = 0;
-  for await (const chunk of generator) {
-    out += chunk;
-    chunks++;
-  }
-  return { text: out, chunks };
+async function text(generator: AsyncGenerator<Buffer>): Promise<{ text: string; chunks: number }> {
+  const chunks: Buffer[] = [];
+  for await (const chunk of generator) chunks.push(chunk);
+  return { text: Buffer.concat(chunks).toString(), chunks: chunks.length };
 }
 
 t.test('JSON.stringify byte for byte, in slices, with turns for the event loop', async (t) => {
