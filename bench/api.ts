@@ -19,7 +19,7 @@ import { FakeKubeApi, podObject, type KubeObject } from '../test/helpers/kube-ap
 import { createTestNetwork, type Pod } from '../test/helpers/pods.js';
 import { execChecked, execCommand } from '../test/helpers/proc.js';
 import { waitFor } from '../test/helpers/wait.js';
-import { medianRow, type BenchOptions, type BenchSection } from './common.js';
+import { medianRow, percentile, type BenchOptions, type BenchSection } from './common.js';
 
 /** Addresses of the remote pods: part of the benchmarking range (RFC 2544) the test pods do not use. */
 const remoteRange = '198.19.240.0/20';
@@ -51,14 +51,11 @@ async function timed(url: string): Promise<number> {
   return performance.now() - started;
 }
 
-/** The agent's longest event-loop delay since the previous scrape (prom-client resets it at each collection). */
-async function maxStallMs(agent: AgentProcess): Promise<number> {
-  return (findSamples(parseExposition(await agent.metrics()), 'probepilot_nodejs_eventloop_lag_max_seconds')[0]?.value ?? NaN) * 1000;
-}
-
-function percentile(values: readonly number[], p: number): number {
-  const sorted = [...values].sort((a, b) => a - b);
-  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+/** The agent's longest event-loop delay since the previous scrape (prom-client resets it at each collection), and its CPU time so far. */
+async function agentGauges(agent: AgentProcess): Promise<{ stallMs: number; cpuMs: number }> {
+  const families = parseExposition(await agent.metrics());
+  const value = (name: string) => (findSamples(families, name)[0]?.value ?? NaN) * 1000;
+  return { stallMs: value('probepilot_nodejs_eventloop_lag_max_seconds'), cpuMs: value('probepilot_process_cpu_seconds_total') };
 }
 
 export async function benchApi(opts: BenchOptions): Promise<BenchSection> {
@@ -123,11 +120,15 @@ export async function benchApi(opts: BenchOptions): Promise<BenchSection> {
 
     const flows: number[] = [];
     const floor: number[] = [];
-    await maxStallMs(running);
+    const start = await agentGauges(running);
     for (let i = 0; i < requests; i++) floor.push(await timed(`${running.url}/healthz`));
-    const floorStall = await maxStallMs(running);
+    const afterFloor = await agentGauges(running);
     for (let i = 0; i < requests; i++) flows.push(await timed(flowsUrl));
-    const flowsStall = await maxStallMs(running);
+    const afterFlows = await agentGauges(running);
+    const floorStall = afterFloor.stallMs;
+    const flowsStall = afterFlows.stallMs;
+    // CPU time, unlike latency, does not grow with what else the machine runs; each window also holds one scrape.
+    const cpu = { base: (afterFloor.cpuMs - start.cpuMs) / requests, value: (afterFlows.cpuMs - afterFloor.cpuMs) / requests };
     const entries = `${total.toLocaleString('en-US')} flow entries`;
     const p99 = { base: percentile(floor, 99), value: percentile(flows, 99) };
     return {
@@ -135,8 +136,9 @@ export async function benchApi(opts: BenchOptions): Promise<BenchSection> {
         medianRow('GET /api/v1/flows p50 (ms)', `GET /healthz; ${entries}`, floor, flows),
         { measure: 'GET /api/v1/flows p99 (ms)', baseline: `GET /healthz; ${entries}`, ...p99, ratio: p99.value / p99.base },
         { measure: 'agent event-loop max stall serving flows (ms)', baseline: 'serving /healthz', base: floorStall, value: flowsStall, ratio: flowsStall / floorStall },
+        { measure: 'agent CPU per flows query (ms)', baseline: 'per /healthz (each with 1/200 of a scrape)', ...cpu, ratio: cpu.value / cpu.base },
       ],
-      samples: { api: { flowsMs: flows, healthzMs: floor, stallMs: [floorStall, flowsStall], entries: [total] } },
+      samples: { api: { flowsMs: flows, healthzMs: floor, stallMs: [floorStall, flowsStall], cpuMsPerRequest: [cpu.base, cpu.value], entries: [total] } },
     };
   } finally {
     await agent?.stop();

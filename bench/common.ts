@@ -37,6 +37,12 @@ export function median(values: readonly number[]): number {
   return sorted.length % 2 ? sorted[mid]! : (sorted[mid - 1]! + sorted[mid]!) / 2;
 }
 
+/** The p-th percentile (nearest rank). */
+export function percentile(values: readonly number[], p: number): number {
+  const sorted = [...values].sort((a, b) => a - b);
+  return sorted[Math.min(sorted.length - 1, Math.ceil((p / 100) * sorted.length) - 1)]!;
+}
+
 /** A row from the medians of interleaved samples. */
 export function medianRow(measure: string, baseline: string, base: readonly number[], value: readonly number[]): BenchRow {
   const row = { measure, baseline, base: median(base), value: median(value) };

@@ -7,8 +7,11 @@
 //   * syscalls: its programs vs empty raw_syscalls programs; a getppid loop
 //     with the collector vs without;
 //   * api: GET /api/v1/flows over ~10,000 flow entries vs GET /healthz, and
-//     the agent's longest event-loop stall while serving each.
-// Options: --quick (1 short round, for CI), --rounds N, --seconds S.
+//     the agent's longest event-loop stall while serving each;
+//   * scrape: GET /metrics (gzip) at ~20k and ~100k series (synthetic
+//     syscall entries) vs GET /healthz, /healthz meanwhile, and the stall.
+// Options: --quick (1 short round, for CI), --rounds N, --seconds S,
+// --only a,b (just those sections, e.g. --only api).
 import { mkdirSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -17,11 +20,12 @@ import { loadAddon } from '../src/bpf/addon.js';
 import type { BenchOptions, BenchSection } from './common.js';
 import { benchApi } from './api.js';
 import { benchNetwork } from './network.js';
+import { benchScrape } from './scrape.js';
 import { benchSched } from './sched.js';
 import { benchSyscalls } from './syscalls.js';
 
 const { values: args } = parseArgs({
-  options: { quick: { type: 'boolean', default: false }, rounds: { type: 'string' }, seconds: { type: 'string' } },
+  options: { quick: { type: 'boolean', default: false }, rounds: { type: 'string' }, seconds: { type: 'string' }, only: { type: 'string' } },
 });
 const opts: BenchOptions = {
   quick: args.quick ?? false,
@@ -32,12 +36,19 @@ const opts: BenchOptions = {
 async function main(): Promise<void> {
   if (process.getuid?.() !== 0) throw new Error('the benchmark loads BPF programs and creates network namespaces: run it as root');
   const addon = loadAddon();
-  const sections: Record<string, BenchSection> = {
-    network: await benchNetwork(addon, opts),
-    sched: await benchSched(addon, opts),
-    syscalls: await benchSyscalls(addon, opts),
-    api: await benchApi(opts),
+  const runners: Record<string, () => Promise<BenchSection>> = {
+    network: () => benchNetwork(addon, opts),
+    sched: () => benchSched(addon, opts),
+    syscalls: () => benchSyscalls(addon, opts),
+    api: () => benchApi(opts),
+    scrape: () => benchScrape(opts),
   };
+  const only = args.only?.split(',') ?? Object.keys(runners);
+  const unknown = only.filter((name) => !(name in runners));
+  if (unknown.length) throw new Error(`--only: no section ${unknown.join(', ')}; the sections are ${Object.keys(runners).join(', ')}`);
+  const sections: Record<string, BenchSection> = {};
+  // One after another: sections running at once would measure each other.
+  for (const name of only) sections[name] = await runners[name]!();
   const rows = Object.values(sections).flatMap((s) => s.rows);
 
   const format = (n: number): string => (n >= 1000 ? Math.round(n).toLocaleString('en-US') : n.toFixed(2));

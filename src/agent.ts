@@ -113,7 +113,16 @@ export class Agent {
       this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
     }
     const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...pipeline.families, ...(this.otlp?.families ?? [])], collect);
-    const service = new AgentService({ events: this.events, pipeline, manager, identity, nodeName: this.nodeName ?? os.hostname(), bpfStats: this.statsHandle !== undefined, reload: () => this.reload() });
+    const service = new AgentService({
+      events: this.events,
+      pipeline,
+      manager,
+      identity,
+      nodeName: this.nodeName ?? os.hostname(),
+      bpfStats: this.statsHandle !== undefined,
+      reload: () => this.reload(),
+      collectionMaxAgeMs: config.collectionMaxAgeSeconds * 1000,
+    });
     this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service });
     const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
     log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');

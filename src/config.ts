@@ -42,6 +42,7 @@ export interface AgentConfig {
   cgroupRoot: string;
   seriesGraceSeconds: number;
   seriesLimit: number;
+  collectionMaxAgeSeconds: number;
   otlp: {
     endpoint: string;
     intervalSeconds: number;
@@ -166,6 +167,14 @@ export const schema = {
     max: 10_000_000,
     default: 100_000,
     doc: 'Most series one collector keeps per group of families that share labels (one kernel map); new label sets beyond it are dropped and counted in probepilot_series_dropped_total.',
+  },
+  collectionMaxAgeSeconds: {
+    kind: 'number',
+    integer: false,
+    min: 0,
+    max: 60,
+    default: 1,
+    doc: 'API queries (flows) answer from the last collection while it is at most this old, else share the one under way or start one; 0: a collection per query (still shared with the readers already waiting). Scrapes and OTLP pushes always get a fresh one.',
   },
   otlp: {
     endpoint: {

@@ -10,6 +10,8 @@ const minRateIntervalMs = 1000;
 const snapshotSpacingMs = 250;
 
 export interface RateBaseline<T> {
+  /** When the baseline was read (ms): queries that find the same baseline can share what they derive from it. */
+  at: number;
   values: T;
   intervalSeconds: number;
 }
@@ -24,7 +26,7 @@ export class RateWindow<T> {
     if (baseline) this.kept.splice(0, this.kept.indexOf(baseline));
     const newest = this.kept.at(-1);
     if (!newest || at - newest.at >= snapshotSpacingMs) this.kept.push({ at, values });
-    return baseline ? { values: baseline.values, intervalSeconds: (at - baseline.at) / 1000 } : undefined;
+    return baseline ? { at: baseline.at, values: baseline.values, intervalSeconds: (at - baseline.at) / 1000 } : undefined;
   }
 }
 

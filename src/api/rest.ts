@@ -3,13 +3,15 @@
 // /api/v1/openapi.json is built from them. Errors are JSON {error, message};
 // bad input is a 4xx, never a 5xx.
 import type { FastifyInstance, FastifyReply, FastifyRequest, RawReplyDefaultExpression, RawRequestDefaultExpression, RawServerDefault } from 'fastify';
+import { Readable } from 'node:stream';
 import type { Logger } from '../log.js';
+import { TimeSlicer } from '../metrics/slice.js';
 import { UnknownCollectorError } from '../collectors/manager.js';
 import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import { agentEventTypes, eventTypes, type StreamedEvent } from './events.js';
 import { TraceRefusedError } from '../events/pipeline.js';
-import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, flowJson, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -234,7 +236,9 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         if (query.view === 'protocol' && query.peer !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
         }
-        return service.flows(query);
+        const result = await service.flows(query);
+        // Up to 10,000 flows are megabytes of JSON: written in slices, not in one JSON.stringify.
+        return reply.type('application/json; charset=utf-8').send(Readable.from(jsonInSlices(result, 'flows', flowJson)));
       }),
     },
     {
@@ -362,6 +366,36 @@ export function registerApi(app: AgentApp, service: AgentService): void {
     request.log.error({ err }, 'request failed');
     return reply.code(500).send({ error: 'internal', message: err.message });
   });
+}
+
+/** Bytes per chunk of a large answer: written as UTF-8 buffers, so the socket never measures or flattens one huge string. */
+const jsonChunkLength = 1 << 16;
+
+/**
+ * JSON.stringify(value), byte for byte, for an object whose last key is a
+ * long array: UTF-8 chunks, yielding to the event loop between slices.
+ */
+export async function* jsonInSlices<K extends string, I, T extends Record<K, readonly I[]>>(
+  value: T,
+  arrayKey: K,
+  /** JSON.stringify of one item, or what gives the same text faster. */
+  itemJson: (item: I) => string | undefined = (item) => JSON.stringify(item),
+): AsyncGenerator<Buffer> {
+  const { [arrayKey]: items, ...head } = value;
+  const keys = Object.keys(value);
+  if (keys.at(-1) !== arrayKey) throw new Error(`${arrayKey} must be the last key to be written in slices (keys: ${keys.join(', ')})`);
+  const slicer = new TimeSlicer();
+  const opening = JSON.stringify(head);
+  let chunk = `${opening === '{}' ? '{' : `${opening.slice(0, -1)},`}${JSON.stringify(arrayKey)}:[`;
+  for (let i = 0; i < items.length; i++) {
+    chunk += `${i > 0 ? ',' : ''}${itemJson(items[i]!) ?? 'null'}`;
+    if (chunk.length >= jsonChunkLength) {
+      yield Buffer.from(chunk);
+      chunk = '';
+    }
+    if (slicer.due()) await slicer.yield();
+  }
+  yield Buffer.from(`${chunk}]}`);
 }
 
 interface ValidationIssue {

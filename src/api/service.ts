@@ -3,12 +3,13 @@
 // the same counters /metrics exports.
 import { existsSync } from 'node:fs';
 import os from 'node:os';
-import type { CollectorManager, CollectorState } from '../collectors/manager.js';
+import type { Collection, CollectorManager, CollectorState } from '../collectors/manager.js';
 import type { Identity } from '../identity/identity.js';
-import type { MetricFamily, ScalarSample } from '../metrics/model.js';
+import type { Labels, ScalarSample } from '../metrics/model.js';
+import { TimeSlicer } from '../metrics/slice.js';
 import { agentVersion } from '../version.js';
 import type { ConfigChange } from '../reload.js';
-import { RateWindow, ratePerSecond } from './rate-window.js';
+import { RateWindow, ratePerSecond, type RateBaseline } from './rate-window.js';
 import { histogramDelta, histogramQuantile } from '../metrics/histogram.js';
 import { EventPipeline } from '../events/pipeline.js';
 import { agentEventTypes, eventTypes, traceKinds, type AgentEvents, type EventType, type StreamedEvent, type TraceKind } from './events.js';
@@ -220,6 +221,43 @@ export function eventStreamRequest(input: { types: readonly string[]; namespace?
   };
 }
 
+/** One flow of a collection, split into the parts a FlowEntry shows; built once per collection and view. */
+interface CollectedFlow {
+  key: string;
+  labels: Labels;
+  workload: Record<string, string>;
+  peer: Record<string, string>;
+  bytes: number;
+  packets: number;
+}
+
+/** The answers of one collection for one view against one baseline: every flow with its rates, serialized, and sorted each way. */
+interface ViewAnswers {
+  /** When the baseline the rates are over was read; undefined when there was none. */
+  baselineAt: number | undefined;
+  interval: number | null;
+  flows: Array<{ flow: CollectedFlow; entry: FlowEntry }>;
+  sorted: Partial<Record<FlowQuery['sort'], Array<{ flow: CollectedFlow; entry: FlowEntry }>>>;
+}
+
+/** A flow view's counters, by flow key. */
+type FlowCounters = Map<string, { bytes: number; packets: number }>;
+
+interface CollectedView {
+  flows: CollectedFlow[];
+  /** The collection's counters, and when it read them. */
+  snapshot: { at: number; values: FlowCounters };
+  answers: ViewAnswers | undefined;
+}
+
+/** Flow entries as JSON, written once per collection: a query of 10,000 flows joins strings instead of serializing objects. */
+const serializedFlows = new WeakMap<FlowEntry, string>();
+
+/** A flow entry as JSON (JSON.stringify's text), from the cache when the entry came from flows(). */
+export function flowJson(entry: FlowEntry): string {
+  return serializedFlows.get(entry) ?? JSON.stringify(entry);
+}
+
 export interface AgentServiceDeps {
   events: AgentEvents;
   pipeline: EventPipeline;
@@ -229,18 +267,22 @@ export interface AgentServiceDeps {
   bpfStats: boolean;
   /** Reads and applies the configuration again; throws ConfigError for an invalid one. */
   reload: () => Promise<ConfigChange>;
+  /** How old a collection queries may answer from (collectionMaxAgeSeconds). */
+  collectionMaxAgeMs: number;
 }
 
-/** Labels of a sample as a stable key. */
-function keyOf(labels: Record<string, string>): string {
-  return JSON.stringify(Object.entries(labels).sort(([a], [b]) => (a < b ? -1 : 1)));
+/** Labels of a sample as a key: one family's samples carry the same label names in the same order. */
+function keyOf(labels: Labels): string {
+  return Object.values(labels).join('\0');
 }
 
 export class AgentService {
   /** Per view: the flows' counters at recent queries. */
-  private readonly flowReadings = new Map<FlowView, RateWindow<Map<string, { bytes: number; packets: number }>>>();
+  private readonly flowReadings = new Map<FlowView, RateWindow<FlowCounters>>();
   /** Every workload's counters at recent queries, and when each collector was read. */
   private readonly workloadReadings = new RateWindow<{ readAt: Partial<Record<keyof typeof workloadSources, number>>; rows: Map<string, WorkloadReading> }>();
+  /** Flows per view of the collections queries answered from lately (dropped with their collection). */
+  private readonly collectedViews = new WeakMap<Collection, Map<FlowView, Promise<CollectedView>>>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -320,53 +362,88 @@ export class AgentService {
 
   async flows(query: FlowQuery): Promise<FlowsResult> {
     // The network collector's families are all flows read; the other collectors' maps are not.
-    const collected = await this.deps.manager.collectOf('network');
-    const at = Date.now();
-    const names = families[query.view];
-    const byName = new Map(collected.map((f) => [f.name, f]));
-    const samples = (name: string): ScalarSample[] => {
-      const family = byName.get(name);
-      return family && family.type !== 'histogram' ? family.samples : [];
-    };
-    const identityNames = new Set(this.deps.identity.labelNames('pod'));
-    identityNames.add('cgroup');
-    const entries = new Map<string, { labels: Record<string, string>; bytes: number; packets: number }>();
-    for (const [field, name] of [['bytes', names.bytes], ['packets', names.packets]] as const) {
-      for (const sample of samples(name)) {
-        const key = keyOf(sample.labels);
-        const entry = entries.get(key) ?? { labels: { ...sample.labels }, bytes: 0, packets: 0 };
-        entry[field] += sample.value;
-        entries.set(key, entry);
-      }
-    }
+    const collection = await this.deps.manager.recentCollection('network', this.deps.collectionMaxAgeMs);
+    if (!collection) return { view: query.view, total: 0, intervalSeconds: null, flows: [] };
+    const view = await this.collectedView(collection, query.view);
     let readings = this.flowReadings.get(query.view);
     if (!readings) this.flowReadings.set(query.view, (readings = new RateWindow()));
-    const baseline = readings.advance(at, new Map([...entries].map(([k, e]) => [k, { bytes: e.bytes, packets: e.packets }])));
-    const interval = baseline?.intervalSeconds ?? null;
-
+    const baseline = readings.advance(view.snapshot.at, view.snapshot.values);
+    // Queries of one collection find the same baseline: they share its answers.
+    if (!view.answers || view.answers.baselineAt !== baseline?.at) view.answers = await this.answers(view, query.view, baseline);
+    const { answers } = view;
+    const sorted = (answers.sorted[query.sort] ??= [...answers.flows].sort((a, b) => b.entry[query.sort] - a.entry[query.sort]));
     const flows: FlowEntry[] = [];
-    for (const [key, { labels, bytes, packets }] of entries) {
-      if (!this.matches(labels, query)) continue;
-      const before = baseline?.values.get(key);
-      const rate = (now: number, then: number | undefined) => (interval ? ratePerSecond(now, then, interval) : null);
-      const workload: Record<string, string> = {};
-      const peer: Record<string, string> = {};
-      for (const [name, value] of Object.entries(labels)) {
-        if (identityNames.has(name)) workload[name] = value;
-        else if (name.startsWith('peer_')) peer[name] = value;
-      }
-      flows.push({
+    let total = 0;
+    for (const { flow, entry } of sorted) {
+      if (!this.matches(flow.labels, query)) continue;
+      if (total++ < query.limit) flows.push(entry);
+    }
+    return { view: query.view, total, intervalSeconds: answers.interval, flows };
+  }
+
+  private async answers(view: CollectedView, flowView: FlowView, baseline: RateBaseline<FlowCounters> | undefined): Promise<ViewAnswers> {
+    const interval = baseline?.intervalSeconds ?? null;
+    const rate = (now: number, then: number | undefined) => (interval ? ratePerSecond(now, then, interval) : null);
+    const slicer = new TimeSlicer();
+    const flows: ViewAnswers['flows'] = [];
+    for (const flow of view.flows) {
+      if (slicer.due()) await slicer.yield();
+      const { labels, workload, peer, bytes, packets } = flow;
+      const before = baseline?.values.get(flow.key);
+      const entry: FlowEntry = {
         workload,
         direction: labels.direction ?? '',
-        ...(query.view === 'peer' ? { peer } : { protocol: labels.protocol ?? '' }),
+        ...(flowView === 'peer' ? { peer } : { protocol: labels.protocol ?? '' }),
         bytes,
         packets,
         bytesPerSecond: rate(bytes, before?.bytes),
         packetsPerSecond: rate(packets, before?.packets),
-      });
+      };
+      serializedFlows.set(entry, JSON.stringify(entry));
+      flows.push({ flow, entry });
     }
-    flows.sort((a, b) => b[query.sort] - a[query.sort]);
-    return { view: query.view, total: flows.length, intervalSeconds: interval, flows: flows.slice(0, query.limit) };
+    return { baselineAt: baseline?.at, interval, flows, sorted: {} };
+  }
+
+  /** The flows of a view in a collection, built by the first query that reads them; the others share them. */
+  private collectedView(collection: Collection, view: FlowView): Promise<CollectedView> {
+    let views = this.collectedViews.get(collection);
+    if (!views) this.collectedViews.set(collection, (views = new Map()));
+    let built = views.get(view);
+    if (!built) views.set(view, (built = this.buildView(collection, view)));
+    return built;
+  }
+
+  private async buildView(collection: Collection, view: FlowView): Promise<CollectedView> {
+    const names = families[view];
+    const samples = (name: string): ScalarSample[] => {
+      const family = collection.families.find((f) => f.name === name);
+      return family && family.type !== 'histogram' ? family.samples : [];
+    };
+    const identityNames = new Set(this.deps.identity.labelNames('pod'));
+    identityNames.add('cgroup');
+    const slicer = new TimeSlicer();
+    const byKey = new Map<string, CollectedFlow>();
+    for (const [field, name] of [['bytes', names.bytes], ['packets', names.packets]] as const) {
+      for (const sample of samples(name)) {
+        if (slicer.due()) await slicer.yield();
+        const key = keyOf(sample.labels);
+        let flow = byKey.get(key);
+        if (!flow) {
+          const workload: Record<string, string> = {};
+          const peer: Record<string, string> = {};
+          for (const [label, value] of Object.entries(sample.labels)) {
+            if (identityNames.has(label)) workload[label] = value;
+            else if (label.startsWith('peer_')) peer[label] = value;
+          }
+          flow = { key, labels: sample.labels, workload, peer, bytes: 0, packets: 0 };
+          byKey.set(key, flow);
+        }
+        flow[field] += sample.value;
+      }
+    }
+    const flows = [...byKey.values()];
+    return { flows, snapshot: { at: collection.at, values: new Map(flows.map((f) => [f.key, { bytes: f.bytes, packets: f.packets }])) }, answers: undefined };
   }
 
   /**
@@ -382,10 +459,10 @@ export class AgentService {
     const readAt: Partial<Record<keyof typeof workloadSources, number>> = {};
     const collected = await Promise.all(
       sources.map(async (name) => {
-        if (!running.has(name)) return [];
-        const families = await manager.collectOf(name);
-        readAt[name] = Date.now();
-        return families;
+        const collection = running.has(name) ? await manager.recentCollection(name, this.deps.collectionMaxAgeMs) : undefined;
+        if (!collection) return [];
+        readAt[name] = collection.at;
+        return collection.families;
       }),
     );
     const at = Date.now();

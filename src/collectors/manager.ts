@@ -62,6 +62,12 @@ const selfFamilies = {
     type: 'gauge',
     labelNames: ['collector'],
   },
+  collections: {
+    name: 'probepilot_collector_collections_total',
+    help: 'Collections of a collector (its maps read and decoded); scrapes, OTLP pushes and API queries that arrive while one runs share it, and API queries answer from the last one while it is at most collectionMaxAgeSeconds old.',
+    type: 'counter',
+    labelNames: ['collector'],
+  },
   errors: {
     name: 'probepilot_collector_collect_errors_total',
     help: 'Collections of a collector that failed; its previous values are not re-exported meanwhile.',
@@ -82,12 +88,24 @@ const selfFamilies = {
   },
 } as const satisfies Record<string, FamilyDescriptor>;
 
+/** One collection of one collector: its families and when it started reading the maps. */
+export interface Collection {
+  /** Date.now() when the collection began: what rates over snapshots are computed against. */
+  at: number;
+  families: MetricFamily[];
+}
+
 interface Entry {
   collector: Collector;
   create: () => Collector;
   state: CollectorState;
   /** Serializes enable/disable of this collector. */
   change: Promise<unknown>;
+  /** The last finished collection of the current instance. */
+  latest: Collection | undefined;
+  /** The collection under way, which every reader arriving meanwhile shares. */
+  inflight: Promise<Collection> | undefined;
+  collections: number;
 }
 
 export class CollectorManager {
@@ -106,6 +124,9 @@ export class CollectorManager {
         collector,
         create,
         change: Promise.resolve(),
+        latest: undefined,
+        inflight: undefined,
+        collections: 0,
         state: {
           name: collector.name,
           enabled: !disabled.has(collector.name),
@@ -132,6 +153,7 @@ export class CollectorManager {
   setEnabled(name: string, enabled: boolean): Promise<CollectorState> {
     return this.change(name, async (entry) => {
       if (entry.state.enabled === enabled) return { ...entry.state };
+      entry.latest = undefined;
       if (enabled) {
         entry.collector = entry.create();
         entry.state.enabled = true;
@@ -157,6 +179,7 @@ export class CollectorManager {
       if (!entry.state.enabled) return 'not running' as const;
       if (entry.state.up && (await entry.collector.reconfigure?.(next))) return 'in place' as const;
       await this.stopOne(entry, 'restarting with a new configuration');
+      entry.latest = undefined;
       entry.collector = entry.create();
       await this.startOne(entry);
       return 'restarted' as const;
@@ -172,10 +195,16 @@ export class CollectorManager {
     return run;
   }
 
-  /** One collection of one collector, when it runs (the flows API needs only the network collector's maps). */
-  async collectOf(name: string): Promise<MetricFamily[]> {
+  /**
+   * A recent collection of one running collector, for API queries: the last
+   * one while it is at most maxAgeMs old, else the one under way or a new
+   * one. undefined when the collector does not run.
+   */
+  async recentCollection(name: string, maxAgeMs: number): Promise<Collection | undefined> {
     const entry = this.entries.find((e) => e.state.name === name);
-    return entry?.state.up ? this.collectOne(entry) : [];
+    if (!entry?.state.up) return undefined;
+    if (entry.latest && Date.now() - entry.latest.at <= maxAgeMs) return entry.latest;
+    return this.collectOne(entry);
   }
 
   private publish({ state }: Entry): void {
@@ -223,26 +252,40 @@ export class CollectorManager {
     await Promise.all(this.entries.map((entry) => this.stopOne(entry, 'stopped')));
   }
 
-  /** One collection of every running collector plus the self-metrics. */
+  /** A fresh collection of every running collector (shared with the readers already waiting for one) plus the self-metrics. */
   async collect(): Promise<MetricFamily[]> {
     const running = this.entries.filter((e) => e.state.up);
     const results = await Promise.all(running.map((e) => this.collectOne(e)));
-    return [...results.flat(), ...this.selfMetrics()];
+    return [...results.flatMap((r) => r.families), ...this.selfMetrics()];
   }
 
-  private async collectOne({ collector, state }: Entry): Promise<MetricFamily[]> {
+  /** The collection under way, or a new one: never two of one collector at once. */
+  private collectOne(entry: Entry): Promise<Collection> {
+    entry.inflight ??= this.runCollection(entry).finally(() => {
+      entry.inflight = undefined;
+    });
+    return entry.inflight;
+  }
+
+  private async runCollection(entry: Entry): Promise<Collection> {
+    const { collector, state } = entry;
+    const at = Date.now();
     const started = process.hrtime.bigint();
+    entry.collections++;
+    let families: MetricFamily[] = [];
     try {
-      const families = await collector.collect();
+      families = await collector.collect();
       state.series = families.reduce((n, f) => n + f.samples.length, 0);
-      return families;
     } catch (err) {
       state.collectErrors++;
       this.log.warn({ collector: collector.name, err: describeError(err) }, 'collection failed');
-      return [];
     } finally {
       state.lastCollectSeconds = Number(process.hrtime.bigint() - started) / 1e9;
     }
+    const collection = { at, families };
+    // A collection of an instance replaced meanwhile (disabled, reconfigured) is not the new one's.
+    if (entry.collector === collector) entry.latest = collection;
+    return collection;
   }
 
   private selfMetrics(): MetricFamily[] {
@@ -252,12 +295,14 @@ export class CollectorManager {
     const seriesDropped: ScalarSample[] = [];
     const duration: ScalarSample[] = [];
     const errors: ScalarSample[] = [];
+    const collections: ScalarSample[] = [];
     const runs: ScalarSample[] = [];
     const runSeconds: ScalarSample[] = [];
-    for (const { collector, state } of this.entries) {
+    for (const { collector, state, collections: count } of this.entries) {
       const c = { collector: collector.name };
       up.push({ labels: { ...c, reason: state.reason }, value: state.up ? 1 : 0 });
       errors.push({ labels: c, value: state.collectErrors });
+      collections.push({ labels: c, value: count });
       if (!state.up) continue;
       duration.push({ labels: c, value: state.lastCollectSeconds });
       const health = collector.health();
@@ -277,6 +322,7 @@ export class CollectorManager {
       { ...selfFamilies.dropped, samples: dropped },
       { ...selfFamilies.seriesDropped, samples: seriesDropped },
       { ...selfFamilies.duration, samples: duration },
+      { ...selfFamilies.collections, samples: collections },
       { ...selfFamilies.errors, samples: errors },
       { ...selfFamilies.runs, samples: runs },
       { ...selfFamilies.runSeconds, samples: runSeconds },

@@ -27,14 +27,14 @@ export interface TrafficEntry {
   packets: number;
 }
 
-export function decodeTraffic(dump: MapDump, cpus: number): TrafficEntry[] {
+/** Decodes entry i of a net_traffic dump (the key size is checked once, here). */
+export function trafficDecoder(dump: MapDump, cpus: number): (index: number) => TrafficEntry {
   if (dump.keySize !== trafficKeySize) throw new Error(`net_traffic key is ${dump.keySize} bytes, expected ${trafficKeySize}: object and agent disagree`);
   const stride = dump.valueSize / cpus;
-  const entries: TrafficEntry[] = new Array(dump.count);
-  for (let i = 0; i < dump.count; i++) {
+  return (i) => {
     const k = i * trafficKeySize;
     const family = dump.keys[k + 14];
-    entries[i] = {
+    return {
       index: i,
       cgroupId: dump.keys.readBigUInt64LE(k),
       ifindex: dump.keys.readUInt32LE(k + 8),
@@ -44,8 +44,12 @@ export function decodeTraffic(dump: MapDump, cpus: number): TrafficEntry[] {
       bytes: sumPerCpuU64(dump, i, 0, stride, cpus),
       packets: sumPerCpuU64(dump, i, 8, stride, cpus),
     };
-  }
-  return entries;
+  };
+}
+
+export function decodeTraffic(dump: MapDump, cpus: number): TrafficEntry[] {
+  const at = trafficDecoder(dump, cpus);
+  return Array.from({ length: dump.count }, (_, i) => at(i));
 }
 
 export function encodeIfaceConfig(attribution: AttributionKind, l3Offset: number): Buffer {
@@ -84,15 +88,15 @@ export interface FlowEntry {
   packets: number;
 }
 
-export function decodeFlows(dump: MapDump, cpus: number): FlowEntry[] {
+/** Decodes entry i of a net_flows dump (the key size is checked once, here). */
+export function flowDecoder(dump: MapDump, cpus: number): (index: number) => FlowEntry {
   if (dump.keySize !== flowKeySize) throw new Error(`net_flows key is ${dump.keySize} bytes, expected ${flowKeySize}: object and agent disagree`);
   const stride = dump.valueSize / cpus;
-  const entries: FlowEntry[] = new Array(dump.count);
-  for (let i = 0; i < dump.count; i++) {
+  return (i) => {
     const k = i * flowKeySize;
     const peerClass = dump.keys.readUInt16LE(k + 14);
     const family = dump.keys[k + 13]!;
-    entries[i] = {
+    return {
       index: i,
       cgroupId: dump.keys.readBigUInt64LE(k),
       ifindex: dump.keys.readUInt32LE(k + 8),
@@ -102,8 +106,12 @@ export function decodeFlows(dump: MapDump, cpus: number): FlowEntry[] {
       bytes: sumPerCpuU64(dump, i, 0, stride, cpus),
       packets: sumPerCpuU64(dump, i, 8, stride, cpus),
     };
-  }
-  return entries;
+  };
+}
+
+export function decodeFlows(dump: MapDump, cpus: number): FlowEntry[] {
+  const at = flowDecoder(dump, cpus);
+  return Array.from({ length: dump.count }, (_, i) => at(i));
 }
 
 /** A stable id for an address, the same whether it came from the kernel or from text. */

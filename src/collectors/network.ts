@@ -9,6 +9,7 @@ import { globMatcher } from '../glob.js';
 import { rootCgroup } from '../identity/cgroups.js';
 import { counterFamily, type FamilyDescriptor, type Labels, type MetricFamily, type ScalarSample } from '../metrics/model.js';
 import { CounterSeries } from '../metrics/series.js';
+import { mapSliced, TimeSlicer } from '../metrics/slice.js';
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
 import { SerialQueue } from './serial.js';
 import type { AgentConfig } from '../config.js';
@@ -18,6 +19,8 @@ import {
   decodeTraffic,
   encodeIfaceConfig,
   encodeIfindex,
+  flowDecoder,
+  trafficDecoder,
   l3OffsetFor,
   type AttributionKind,
   type FlowEntry,
@@ -196,14 +199,17 @@ export class NetworkCollector implements Collector {
     return this.queue.run(async () => {
       const object = this.requireObject();
       const now = Date.now();
+      const slicer = new TimeSlicer();
       this.totals.beginCollection();
       this.flows?.beginCollection();
       const traffic = await object.readMap('net_traffic');
-      const goneCgroups = this.fold(object, 'net_traffic', this.totals, traffic, decodeTraffic(traffic, this.cpus), (e) => this.trafficLabels(e), now, false);
+      const trafficEntries = await mapSliced(traffic.count, trafficDecoder(traffic, this.cpus), slicer);
+      const goneCgroups = await this.fold(object, 'net_traffic', this.totals, traffic, trafficEntries, (e) => this.trafficLabels(e), now, false, slicer);
       if (this.flows && this.peers) {
         const flows = await object.readMap('net_flows');
         const peers = this.peers;
-        for (const id of this.fold(object, 'net_flows', this.flows, flows, decodeFlows(flows, this.cpus), (e) => this.flowLabels(peers, e), now, false)) goneCgroups.add(id);
+        const flowEntries = await mapSliced(flows.count, flowDecoder(flows, this.cpus), slicer);
+        for (const id of await this.fold(object, 'net_flows', this.flows, flows, flowEntries, (e) => this.flowLabels(peers, e), now, false, slicer)) goneCgroups.add(id);
         peers.forgetDeparted();
       }
       for (const id of goneCgroups) this.ctx.identity.cgroups.forget(id);
@@ -217,6 +223,7 @@ export class NetworkCollector implements Collector {
         const bytes: ScalarSample[] = [];
         const packets: ScalarSample[] = [];
         for (const { labels, values } of series.finishCollection(now)) {
+          if (slicer.due()) await slicer.yield();
           bytes.push({ labels, value: values[0]! });
           packets.push({ labels, value: values[1]! });
           if (series === this.totals) packetsTotal += values[1]!;
@@ -265,7 +272,7 @@ export class NetworkCollector implements Collector {
    * CounterSeries.addLive), which then count afresh under the new labels.
    * Returns the gone cgroups, to forget once every map has been read.
    */
-  private fold<E extends CountedEntry>(
+  private async fold<E extends CountedEntry>(
     object: BpfObject,
     map: string,
     series: CounterSeries,
@@ -274,11 +281,13 @@ export class NetworkCollector implements Collector {
     labelsOf: (entry: E) => { labels: Labels; current: boolean },
     now: number,
     retireAll: boolean,
-  ): Set<bigint> {
+    slicer: TimeSlicer,
+  ): Promise<Set<bigint>> {
     const { cgroups } = this.ctx.identity;
     const gone = new Set<bigint>();
     const deleted: number[] = [];
     for (const entry of entries) {
+      if (slicer.due()) await slicer.yield();
       const { labels, current } = labelsOf(entry);
       // Series are their label sets: entries that name the same workload and peer add up.
       const key = Object.values(labels).join('\0');
@@ -300,13 +309,14 @@ export class NetworkCollector implements Collector {
   /** Final counts of one interface go to its current workload, then its kernel entries are dropped. */
   private async retireInterface(object: BpfObject, ifindex: number): Promise<void> {
     const now = Date.now();
+    const slicer = new TimeSlicer();
     const traffic = await object.readMap('net_traffic');
     const ofInterface = <E extends CountedEntry>(entries: E[]) => entries.filter((e) => e.ifindex === ifindex);
-    this.fold(object, 'net_traffic', this.totals, traffic, ofInterface(decodeTraffic(traffic, this.cpus)), (e) => this.trafficLabels(e), now, true);
+    await this.fold(object, 'net_traffic', this.totals, traffic, ofInterface(decodeTraffic(traffic, this.cpus)), (e) => this.trafficLabels(e), now, true, slicer);
     if (this.flows && this.peers) {
       const flows = await object.readMap('net_flows');
       const peers = this.peers;
-      this.fold(object, 'net_flows', this.flows, flows, ofInterface(decodeFlows(flows, this.cpus)), (e) => this.flowLabels(peers, e), now, true);
+      await this.fold(object, 'net_flows', this.flows, flows, ofInterface(decodeFlows(flows, this.cpus)), (e) => this.flowLabels(peers, e), now, true, slicer);
     }
   }
 

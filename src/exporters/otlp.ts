@@ -25,6 +25,7 @@ import type { AgentConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily } from '../metrics/model.js';
+import { TimeSlicer } from '../metrics/slice.js';
 
 export type OtlpConfig = AgentConfig['otlp'];
 
@@ -112,9 +113,19 @@ export class SnapshotConverter {
 
   constructor(private readonly temporality: 'cumulative' | 'delta') {}
 
-  convert(families: readonly MetricFamily[], now: HrTime = hrTime()): MetricData[] {
+  /** Yields to the event loop between slices: a push of 100k points must not hold it. */
+  async convert(families: readonly MetricFamily[], now: HrTime = hrTime()): Promise<MetricData[]> {
     this.collections++;
     const metrics: MetricData[] = [];
+    const slicer = new TimeSlicer();
+    const points = async <S, P>(samples: readonly S[], point: (sample: S) => P): Promise<P[]> => {
+      const out: P[] = [];
+      for (const sample of samples) {
+        if (slicer.due()) await slicer.yield();
+        out.push(point(sample));
+      }
+      return out;
+    };
     for (const family of families) {
       const { name, unit } = otlpMetricName(family.name);
       const descriptor = { name, unit, description: family.help, valueType: ValueType.DOUBLE };
@@ -124,7 +135,7 @@ export class SnapshotConverter {
           descriptor,
           aggregationTemporality,
           dataPointType: DataPointType.HISTOGRAM,
-          dataPoints: family.samples.map((s) => this.histogramPoint(family, s, now)),
+          dataPoints: await points(family.samples, (s) => this.histogramPoint(family, s, now)),
         });
       } else if (family.type === 'counter') {
         const aggregationTemporality = this.temporality === 'delta' ? AggregationTemporality.DELTA : AggregationTemporality.CUMULATIVE;
@@ -133,7 +144,7 @@ export class SnapshotConverter {
           aggregationTemporality,
           dataPointType: DataPointType.SUM,
           isMonotonic: true,
-          dataPoints: family.samples.map((s) => {
+          dataPoints: await points(family.samples, (s) => {
             const { startTime, values } = this.advance(family, s.labels, [s.value], now);
             return { startTime, endTime: now, attributes: otlpAttributes(s.labels), value: values[0]! };
           }),
@@ -143,7 +154,7 @@ export class SnapshotConverter {
           descriptor,
           aggregationTemporality: AggregationTemporality.CUMULATIVE,
           dataPointType: DataPointType.GAUGE,
-          dataPoints: family.samples.map((s) => ({ startTime: now, endTime: now, attributes: otlpAttributes(s.labels), value: s.value })),
+          dataPoints: await points(family.samples, (s) => ({ startTime: now, endTime: now, attributes: otlpAttributes(s.labels), value: s.value })),
         });
       }
     }
@@ -331,7 +342,7 @@ export class OtlpExporter {
     const converter = new SnapshotConverter(config.temporality);
     const producer: MetricProducer = {
       async collect(): Promise<CollectionResult> {
-        const metrics = converter.convert(await collect());
+        const metrics = await converter.convert(await collect());
         return { resourceMetrics: { resource: otlpResource, scopeMetrics: [{ scope: { name: 'probepilot', version: resource.version }, metrics }] }, errors: [] };
       },
     };

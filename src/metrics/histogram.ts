@@ -18,10 +18,18 @@ export interface HistogramRange {
 
 export const defaultHistogramRange: HistogramRange = { minSlot: 9, maxSlot: 34 };
 
-/** The exposed bucket bounds in seconds. */
-export function histogramBounds(range: HistogramRange = defaultHistogramRange): number[] {
-  const bounds: number[] = [];
-  for (let k = range.minSlot; k <= range.maxSlot; k++) bounds.push(2 ** (k + 1) / 1e9);
+const boundsOfRange = new Map<string, readonly number[]>();
+
+/** The exposed bucket bounds in seconds: one shared array per range (exporters cache what they derive from it). */
+export function histogramBounds(range: HistogramRange = defaultHistogramRange): readonly number[] {
+  const key = `${range.minSlot}:${range.maxSlot}`;
+  let bounds = boundsOfRange.get(key);
+  if (!bounds) {
+    const computed: number[] = [];
+    for (let k = range.minSlot; k <= range.maxSlot; k++) computed.push(2 ** (k + 1) / 1e9);
+    bounds = Object.freeze(computed);
+    boundsOfRange.set(key, bounds);
+  }
   return bounds;
 }
 

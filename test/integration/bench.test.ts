@@ -31,6 +31,14 @@ t.test('the benchmark runs and measures every row', async (t) => {
       'GET /api/v1/flows p50 (ms)',
       'GET /api/v1/flows p99 (ms)',
       'agent event-loop max stall serving flows (ms)',
+      'agent CPU per flows query (ms)',
+      ...['~20k series', '~100k series'].flatMap((size) => [
+        `GET /metrics (gzip) p50 (ms), ${size}`,
+        `GET /metrics (gzip) p99 (ms), ${size}`,
+        `GET /healthz p99 during scrapes (ms), ${size}`,
+        `agent event-loop max stall during scrapes (ms), ${size}`,
+        `agent CPU per scrape (ms), ${size}`,
+      ]),
     ],
     'every section reports its rows',
   );

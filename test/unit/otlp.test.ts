@@ -41,8 +41,8 @@ const counter = (value: number): MetricFamily => ({ name: 'probepilot_syscalls_t
 
 t.test('cumulative: values as they are, a stable start time per series', async (t) => {
   const converter = new SnapshotConverter('cumulative');
-  const [h1, c1] = converter.convert([histogram([1, 2, 0], 0.004), counter(10)], [100, 0]);
-  const [h2, c2] = converter.convert([histogram([1, 5, 1], 0.02), counter(15)], [101, 0]);
+  const [h1, c1] = await converter.convert([histogram([1, 2, 0], 0.004), counter(10)], [100, 0]);
+  const [h2, c2] = await converter.convert([histogram([1, 5, 1], 0.02), counter(15)], [101, 0]);
   t.equal(h2!.dataPointType, DataPointType.HISTOGRAM);
   t.equal(h2!.aggregationTemporality, AggregationTemporality.CUMULATIVE);
   t.same(h2!.dataPoints[0]!.value, { buckets: { boundaries: [0.001, 0.002], counts: [1, 5, 1] }, sum: 0.02, count: 7 });
@@ -54,13 +54,13 @@ t.test('cumulative: values as they are, a stable start time per series', async (
 
 t.test('delta: the change since the last push; a reset starts over', async (t) => {
   const converter = new SnapshotConverter('delta');
-  converter.convert([histogram([1, 2, 0], 0.004), counter(10)], [100, 0]);
-  const [h, c] = converter.convert([histogram([1, 5, 1], 0.02), counter(15)], [101, 0]);
+  await converter.convert([histogram([1, 2, 0], 0.004), counter(10)], [100, 0]);
+  const [h, c] = await converter.convert([histogram([1, 5, 1], 0.02), counter(15)], [101, 0]);
   t.equal(c!.aggregationTemporality, AggregationTemporality.DELTA);
   t.equal(c!.dataPoints[0]!.value, 5);
   t.same(c!.dataPoints[0]!.startTime, [100, 0], 'starts where the previous push ended');
   t.same(h!.dataPoints[0]!.value, { buckets: { boundaries: [0.001, 0.002], counts: [0, 3, 1] }, sum: 0.016, count: 4 });
-  const [, reset] = converter.convert([histogram([1, 5, 1], 0.02), counter(3)], [102, 0]);
+  const [, reset] = await converter.convert([histogram([1, 5, 1], 0.02), counter(3)], [102, 0]);
   t.equal(reset!.dataPoints[0]!.value, 3, 'a counter that went backwards (a restarted source) counts from zero');
 });
 

@@ -26,7 +26,7 @@ const bounds = [0.001, 0.002, 0.004, 0.008];
 /** The service over a manager alone: a workloads query needs no events, traces or reloads. */
 function serviceOf(manager: CollectorManager): AgentService {
   const unused = {} as never;
-  return new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: unused, events: unused, pipeline: unused });
+  return new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: unused, events: unused, pipeline: unused, collectionMaxAgeMs: 0 });
 }
 
 /** A manager whose collectors answer what `readings` holds at the moment. */
@@ -34,9 +34,9 @@ function fakeManager(running: string[], readings: Record<string, MetricFamily[]>
   const state = (name: string): CollectorState => ({ name, enabled: true, up: running.includes(name), reason: '', lastCollectSeconds: 0, collectErrors: 0, series: 0 });
   return {
     states: () => ['network', 'sched', 'syscalls', 'tcp', 'gpu', 'block'].map(state),
-    collectOf: async (name: string) => {
+    recentCollection: async (name: string) => {
       if (!running.includes(name)) throw new Error(`${name} is off and must not be read`);
-      return readings[name] ?? [];
+      return { at: Date.now(), families: readings[name] ?? [] };
     },
   } as unknown as CollectorManager;
 }
