@@ -92,11 +92,17 @@ t.test('network namespaces resolve to workloads by inode and by id; gone ones ke
 
 t.test('label values are valid UTF-8 and bounded', async (t) => {
   t.equal(sanitizeLabelValue('/system.slice/nginx.service'), '/system.slice/nginx.service');
-  t.equal(sanitizeLabelValue('a\0b'), 'ab');
+  t.equal(sanitizeLabelValue('a\0b\nc\x1bd\x7fe'), 'a\ufffdb\ufffdc\ufffdd\ufffde', 'NUL, newline, escape and DEL become U+FFFD');
+  t.equal(sanitizeLabelValue('say "hi" \\ bye'), 'say "hi" \\ bye', 'quotes and backslashes are kept for the exporters to escape');
+  t.equal(sanitizeLabelValue(Buffer.from([0x61, 0xe2, 0x82, 0x62]).toString('utf8')), 'a\ufffdb', 'bytes that cut a multi-byte character were decoded as U+FFFD and stay so');
   t.equal(sanitizeLabelValue('bad\ud800x'), 'bad\ufffdx', 'a lone surrogate becomes U+FFFD');
   const long = sanitizeLabelValue('x'.repeat(1000));
   t.equal(long.length, 257);
   t.ok(long.endsWith('…'));
+  const huge = sanitizeLabelValue('y'.repeat(4 * 1024 * 1024));
+  t.equal(huge, `${'y'.repeat(256)}…`, 'megabytes are cut to 256 characters and the mark of the cut');
+  const cutAtPair = sanitizeLabelValue(`${'x'.repeat(256)}😀tail`);
+  t.equal(cutAtPair, `${'x'.repeat(256)}…`, 'a pair just past the limit is cut whole, not left as a lone surrogate');
   const emoji = sanitizeLabelValue(`${'x'.repeat(255)}😀`);
   t.equal(Buffer.from(emoji, 'utf8').toString('utf8'), emoji, 'a surrogate pair is not cut in half');
 });
