@@ -90,6 +90,17 @@ t.test('network namespaces resolve to workloads by inode and by id; gone ones ke
   t.equal(netns.resolveInode(podB), undefined, 'forgotten');
 });
 
+t.test('cgroup directories named with bytes that are no UTF-8 are found, and so are their children', async (t) => {
+  const root = t.testdir({});
+  const bad = Buffer.concat([Buffer.from(root), Buffer.from('/pod-'), Buffer.from([0xff, 0xe2, 0x82])]);
+  mkdirSync(bad);
+  mkdirSync(Buffer.concat([bad, Buffer.from('/ctr')]));
+  const paths = new CgroupPaths(root);
+  const idOf = (dir: Buffer): bigint => statSync(dir, { bigint: true }).ino;
+  t.equal(paths.resolve(idOf(bad)), '/pod-\ufffd\ufffd', 'its path, the bad bytes decoded as U+FFFD');
+  t.equal(paths.resolve(idOf(Buffer.concat([bad, Buffer.from('/ctr')]))), '/pod-\ufffd\ufffd/ctr', 'the walk descends into it');
+});
+
 t.test('label values are valid UTF-8 and bounded', async (t) => {
   t.equal(sanitizeLabelValue('/system.slice/nginx.service'), '/system.slice/nginx.service');
   t.equal(sanitizeLabelValue('a\0b\nc\x1bd\x7fe'), 'a\ufffdb\ufffdc\ufffdd\ufffde', 'NUL, newline, escape and DEL become U+FFFD');
