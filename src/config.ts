@@ -166,7 +166,7 @@ export const schema = {
     min: 1,
     max: 10_000_000,
     default: 100_000,
-    doc: 'Most series one collector keeps per group of families that share labels (one kernel map); new label sets beyond it are dropped and counted in probepilot_series_dropped_total.',
+    doc: 'Most series of their own one collector keeps per group of families that share labels (one kernel map); new label sets beyond it fold into an overflow series (identity labels "__overflow__"), counted in probepilot_series_overflow_total.',
   },
   collectionMaxAgeSeconds: {
     kind: 'number',

@@ -29,8 +29,8 @@ export interface CollectorHealth {
   eventsProcessed?: number;
   /** Events the kernel side could not record, by reason (e.g. map_full). */
   eventsDropped: Readonly<Record<string, number>>;
-  /** Kernel entries not exported because the series limit was reached. */
-  seriesDropped?: number;
+  /** By family: label sets folded into its overflow series because the family's group reached seriesLimit. */
+  seriesOverflow?: Readonly<Record<string, number>>;
 }
 
 export interface Collector {

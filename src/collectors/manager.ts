@@ -50,11 +50,11 @@ const selfFamilies = {
     type: 'counter',
     labelNames: ['collector', 'reason'],
   },
-  seriesDropped: {
-    name: 'probepilot_series_dropped_total',
-    help: 'Kernel entries whose label set a collector did not export because it reached seriesLimit (each counted once); their events are still counted in the kernel.',
+  seriesOverflow: {
+    name: 'probepilot_series_overflow_total',
+    help: 'Label sets of a family folded into its overflow series (identity labels "__overflow__") because its group of families reached seriesLimit; each counted when folded.',
     type: 'counter',
-    labelNames: ['collector'],
+    labelNames: ['collector', 'family'],
   },
   duration: {
     name: 'probepilot_collector_collect_duration_seconds',
@@ -292,7 +292,7 @@ export class CollectorManager {
     const up: ScalarSample[] = [];
     const events: ScalarSample[] = [];
     const dropped: ScalarSample[] = [];
-    const seriesDropped: ScalarSample[] = [];
+    const seriesOverflow: ScalarSample[] = [];
     const duration: ScalarSample[] = [];
     const errors: ScalarSample[] = [];
     const collections: ScalarSample[] = [];
@@ -308,7 +308,7 @@ export class CollectorManager {
       const health = collector.health();
       if (health.eventsProcessed !== undefined) events.push({ labels: c, value: health.eventsProcessed });
       for (const [reason, value] of Object.entries(health.eventsDropped)) dropped.push({ labels: { ...c, reason }, value });
-      if (health.seriesDropped !== undefined) seriesDropped.push({ labels: c, value: health.seriesDropped });
+      for (const [family, value] of Object.entries(health.seriesOverflow ?? {})) seriesOverflow.push({ labels: { ...c, family }, value });
       if (!this.bpfStatsEnabled) continue;
       for (const program of collector.programs()) {
         const labels = { ...c, program: program.name };
@@ -320,7 +320,7 @@ export class CollectorManager {
       { ...selfFamilies.up, samples: up },
       { ...selfFamilies.events, samples: events },
       { ...selfFamilies.dropped, samples: dropped },
-      { ...selfFamilies.seriesDropped, samples: seriesDropped },
+      { ...selfFamilies.seriesOverflow, samples: seriesOverflow },
       { ...selfFamilies.duration, samples: duration },
       { ...selfFamilies.collections, samples: collections },
       { ...selfFamilies.errors, samples: errors },

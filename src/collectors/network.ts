@@ -113,9 +113,12 @@ export class NetworkCollector implements Collector {
     this.wanted = globMatcher(interfaces.include, interfaces.exclude);
     this.section = ctx.config.collectors.network;
     const graceMs = ctx.config.seriesGraceSeconds * 1000;
-    this.totals = new CounterSeries(2, graceMs, ctx.config.seriesLimit);
+    const identityLabels = ctx.identity.labelNames('pod');
+    this.totals = new CounterSeries(2, graceMs, { limit: ctx.config.seriesLimit, foldedLabels: identityLabels });
     if (flows.enabled) {
-      this.flows = new CounterSeries(2, graceMs, ctx.config.seriesLimit);
+      // The peer's name folds too (its class stays): pods x peers is what grows.
+      const [peerNamespace, peerName] = peerLabelNames(flows.peerLabel);
+      this.flows = new CounterSeries(2, graceMs, { limit: ctx.config.seriesLimit, foldedLabels: [...identityLabels, peerNamespace!, peerName!] });
       this.peers = new PeerDirectory(flows.peerCidrs, flows.peerLabel, flows.maxPeers);
     }
     this.cpus = ctx.addon.possibleCpus();
@@ -233,7 +236,11 @@ export class NetworkCollector implements Collector {
       this.lastHealth = {
         eventsProcessed: packetsTotal,
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
-        seriesDropped: this.totals.droppedSeries + (this.flows?.droppedSeries ?? 0),
+        seriesOverflow: {
+          [this.bytesFamily.name]: this.totals.foldedSeries,
+          [this.packetsFamily.name]: this.totals.foldedSeries,
+          ...(this.flows ? { [this.flowBytesFamily.name]: this.flows.foldedSeries, [this.flowPacketsFamily.name]: this.flows.foldedSeries } : {}),
+        },
       };
       const byMode = new Map<string, number>([['tcx', 0], ['clsact', 0]]);
       for (const iface of this.interfaces.values()) {

@@ -124,7 +124,7 @@ export class TracepointCollector implements Collector {
         view,
         fieldCount: view.fields?.length ?? 0,
         offsets,
-        series: new CounterSeries(offsets.length, graceMs, ctx.config.seriesLimit),
+        series: new CounterSeries(offsets.length, graceMs, { limit: ctx.config.seriesLimit, foldedLabels: identityLabels }),
         families: view.families.map((family) => ({
           spec: family,
           descriptor: { ...family.descriptor, labelNames: [...identityLabels, ...(family.descriptor.labelNames ?? [])] },
@@ -204,7 +204,7 @@ export class TracepointCollector implements Collector {
       this.lastHealth = {
         ...(this.spec.eventsProcessed ? { eventsProcessed: this.spec.eventsProcessed(out) } : {}),
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
-        seriesDropped: this.views.reduce((total, v) => total + v.series.droppedSeries, 0),
+        seriesOverflow: Object.fromEntries(this.views.flatMap((v) => v.families.map((f) => [f.descriptor.name, v.series.foldedSeries]))),
       };
       return out;
     });

@@ -2,6 +2,7 @@
 // objects. Layouts mirror the C structs there (little-endian, as the kernel
 // writes them on the architectures we build for).
 import { formatIp } from '../ip.js';
+import { sanitizeLabelValue } from '../metrics/model.js';
 
 /** enum pp_event_kind. */
 export const eventKinds = { syscall: 1, tcp: 2 } as const;
@@ -49,9 +50,10 @@ const afInet = 2;
 const afInet6 = 10;
 
 /** Kernel strings are NUL-padded and may end inside a multi-byte character: undecodable bytes become U+FFFD. */
+/** A task's comm is whatever bytes it set (prctl PR_SET_NAME): made text as label values are, so one event stays one line. */
 function kernelString(bytes: Buffer): string {
   const end = bytes.indexOf(0);
-  return bytes.subarray(0, end < 0 ? bytes.length : end).toString('utf8');
+  return sanitizeLabelValue(bytes.subarray(0, end < 0 ? bytes.length : end).toString('utf8'));
 }
 
 function decodeHeader(record: Buffer): EventHeader {

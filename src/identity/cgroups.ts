@@ -4,6 +4,7 @@ import { readdirSync, statSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 
 export const rootCgroup = '/';
+const pathSeparator = Buffer.from('/');
 
 /** The cgroup v2 path of a process ("0::/…" in /proc/PID/cgroup); undefined when it is gone. */
 export function cgroupOfPid(pid: number, procRoot = '/proc'): string | undefined {
@@ -85,12 +86,17 @@ export class CgroupPaths {
     if (!force && now - this.lastRefresh < this.minRefreshIntervalMs) return false;
     this.lastRefresh = now;
     const seen = new Set<bigint>();
-    this.walk(this.root, rootCgroup, seen);
+    this.walk(Buffer.from(this.root), rootCgroup, seen);
     for (const id of this.paths.keys()) if (!seen.has(id)) this.gone.add(id);
     return true;
   }
 
-  private walk(dir: string, relative: string, seen: Set<bigint>): void {
+  /**
+   * Directory names are bytes (cgroupfs takes any but '/' and NUL): the walk
+   * goes by Buffer paths so a name that is no valid UTF-8 is still found and
+   * descended into; only its label text is decoded (invalid bytes as U+FFFD).
+   */
+  private walk(dir: Buffer, relative: string, seen: Set<bigint>): void {
     let id: bigint;
     try {
       id = statSync(dir, { bigint: true }).ino;
@@ -102,12 +108,12 @@ export class CgroupPaths {
     this.gone.delete(id);
     let entries;
     try {
-      entries = readdirSync(dir, { withFileTypes: true });
+      entries = readdirSync(dir, { withFileTypes: true, encoding: 'buffer' });
     } catch {
       return;
     }
     for (const entry of entries) {
-      if (entry.isDirectory()) this.walk(path.join(dir, entry.name), path.posix.join(relative, entry.name), seen);
+      if (entry.isDirectory()) this.walk(Buffer.concat([dir, pathSeparator, entry.name]), path.posix.join(relative, entry.name.toString('utf8')), seen);
     }
   }
 }

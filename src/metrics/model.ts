@@ -36,16 +36,24 @@ export function counterFamily(descriptor: FamilyDescriptor, samples: ScalarSampl
   return { ...descriptor, type: descriptor.type, samples };
 }
 
-const maxLabelValueLength = 256;
+/** Longest label value kept, in UTF-16 code units (at most 768 bytes of UTF-8), before the "…" that marks a cut. */
+export const maxLabelValueLength = 256;
+
+// C0 controls and DEL (newlines, escapes, NUL): legal in the exposition once escaped, but they break one-line logs, tables and terminals.
+const controlCharacters = /[\u0000-\u001f\u007f]/g;
 
 /**
  * Label values from the kernel, cgroup names or user data: valid UTF-8 (a
- * lone surrogate would be encoded as U+FFFD, which we make explicit), no NUL,
- * bounded length so one hostile value cannot bloat every scrape.
+ * lone surrogate, or bytes that were no UTF-8 when decoded, become U+FFFD),
+ * control characters replaced by U+FFFD, and a bounded length so one hostile
+ * value cannot bloat every scrape. Quotes and backslashes stay: exporters
+ * escape them.
  */
 export function sanitizeLabelValue(value: string): string {
-  let clean = value.toWellFormed().replaceAll('\0', '');
-  if (clean.length > maxLabelValueLength) {
+  // Cut before the work: a value of megabytes costs no more than a short one.
+  const cut = value.length > maxLabelValueLength;
+  let clean = (cut ? value.slice(0, maxLabelValueLength + 1) : value).toWellFormed().replace(controlCharacters, '\ufffd');
+  if (cut) {
     // Do not cut a surrogate pair in half.
     let end = maxLabelValueLength;
     const code = clean.charCodeAt(end - 1);

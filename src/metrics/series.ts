@@ -3,13 +3,32 @@
 // entries are deleted from the kernel when what they count is gone: their
 // last values are "retired" into the series so it never goes backwards, and
 // a series with nothing live left disappears after a grace period.
+//
+// The cardinality governor: beyond the limit, a new label set does not get a
+// series of its own but is folded into an overflow series whose identity
+// labels are all `__overflow__` (the other labels, e.g. syscall or direction,
+// kept), so sums over every series stay equal to what the kernel counted. A
+// folded label set stays folded until it has been without a live entry for
+// the grace period, even if room frees up meanwhile: counts never move from
+// one series to another, so every series, the overflow included, is monotonic.
 import type { Labels } from './model.js';
+
+/** The value of every identity label of an overflow series. */
+export const overflowLabelValue = '__overflow__';
 
 interface Series {
   labels: Labels;
   live: number[];
   retired: number[];
   /** Last collection in which a live entry fed this series. */
+  lastLive: number;
+  overflow: boolean;
+}
+
+/** A label set beyond the limit and the overflow series that counts for it. */
+interface Fold {
+  labels: Labels;
+  into: Series;
   lastLive: number;
 }
 
@@ -18,39 +37,73 @@ export interface SeriesValues {
   values: number[];
 }
 
-export class CounterSeries {
-  private readonly series = new Map<string, Series>();
-  /** The series each live kernel entry (by an id of the caller's, e.g. its key bytes) fed last. */
-  private readonly seriesOfEntry = new Map<string, string>();
+export interface SeriesGovernor {
+  /** Most series of their own kept at once; the overflow series come on top (one per combination of the labels kept). */
+  limit: number;
+  /** Labels replaced by `__overflow__` in an overflow series: the workload's identity (and for flows the peer's name). */
+  foldedLabels: readonly string[];
+}
 
-  /** Kernel entries whose label set was refused because the limit was reached, each counted when first seen. */
-  private refusedEntries = 0;
+export class CounterSeries {
+  /** Series by label-set key; overflow series by their own key space so no real label set can share one. */
+  private readonly series = new Map<string, Series>();
+  private readonly folds = new Map<string, Fold>();
+  private ownSeries = 0;
+  /** The label set (key) each live kernel entry (by an id of the caller's, e.g. its key bytes) fed last. */
+  private readonly seriesOfEntry = new Map<string, string>();
+  private foldedLabelSets = 0;
+  private readonly limit: number;
+  private readonly foldedLabels: ReadonlySet<string>;
 
   constructor(
-    /** Counters per series (e.g. 2 for bytes and packets). */
+    /** Counters per series (e.g. 2 for bytes and packets; a histogram's buckets and sum). */
     private readonly width: number,
     private readonly graceMs: number,
-    /** Most series kept at once; new label sets beyond it are dropped (and counted), existing ones keep counting. */
-    private readonly limit = Infinity,
-  ) {}
+    governor: SeriesGovernor = { limit: Infinity, foldedLabels: [] },
+  ) {
+    this.limit = governor.limit;
+    this.foldedLabels = new Set(governor.foldedLabels);
+  }
 
+  /** Series exported now, overflow series included. */
   get size(): number {
     return this.series.size;
   }
 
-  /** Kernel entries not exported because the limit was reached. */
-  get droppedSeries(): number {
-    return this.refusedEntries;
+  /** Label sets folded into an overflow series so far, each counted when it is folded (again, if it returns after its grace period). */
+  get foldedSeries(): number {
+    return this.foldedLabelSets;
   }
 
-  private entry(key: string, labels: Labels, now: number): Series | undefined {
-    let s = this.series.get(key);
-    if (!s) {
-      if (this.series.size >= this.limit) return undefined;
-      s = { labels, live: new Array<number>(this.width).fill(0), retired: new Array<number>(this.width).fill(0), lastLive: now };
-      this.series.set(key, s);
+  private newSeries(labels: Labels, now: number, overflow: boolean): Series {
+    return { labels, live: new Array<number>(this.width).fill(0), retired: new Array<number>(this.width).fill(0), lastLive: now, overflow };
+  }
+
+  /** The series a label set counts in: its own, or (beyond the limit) the overflow series of its other labels. */
+  private target(key: string, labels: Labels, now: number): Series {
+    const own = this.series.get(key);
+    if (own) return own;
+    const fold = this.folds.get(key);
+    if (fold) {
+      fold.lastLive = Math.max(fold.lastLive, now);
+      return fold.into;
     }
-    return s;
+    if (this.ownSeries < this.limit) {
+      const s = this.newSeries(labels, now, false);
+      this.series.set(key, s);
+      this.ownSeries++;
+      return s;
+    }
+    const overflowLabels = Object.fromEntries(Object.entries(labels).map(([name, value]) => [name, this.foldedLabels.has(name) ? overflowLabelValue : value]));
+    const overflowKey = `\u0001overflow\0${Object.values(overflowLabels).join('\0')}`;
+    let into = this.series.get(overflowKey);
+    if (!into) {
+      into = this.newSeries(Object.freeze(overflowLabels), now, true);
+      this.series.set(overflowKey, into);
+    }
+    this.folds.set(key, { labels, into, lastLive: now });
+    this.foldedLabelSets++;
+    return into;
   }
 
   /** Starts a collection: live sums are rebuilt from the map dump that follows. */
@@ -60,24 +113,20 @@ export class CounterSeries {
 
   /**
    * A live kernel entry's cumulative values. Returns false when the entry fed
-   * another series before (its labels changed, e.g. its pod's metadata
-   * arrived): its values are then retired into that series, which so never
-   * goes backwards, and the caller must delete the kernel entry so the new
-   * series counts from zero.
+   * another label set before (its labels changed, e.g. its pod's metadata
+   * arrived): its values are then retired into that label set's series,
+   * which so never goes backwards, and the caller must delete the kernel
+   * entry so the new label set counts from zero.
    */
   addLive(entryId: string, key: string, labels: Labels, values: readonly number[], now: number): boolean {
     const previous = this.seriesOfEntry.get(entryId);
     if (previous !== undefined && previous !== key) {
-      const old = this.series.get(previous);
-      this.retire(entryId, previous, old?.labels ?? labels, values, now);
+      const previousLabels = this.series.get(previous)?.labels ?? this.folds.get(previous)?.labels ?? labels;
+      this.retire(entryId, previous, previousLabels, values, now);
       return false;
     }
     this.seriesOfEntry.set(entryId, key);
-    const s = this.entry(key, labels, now);
-    if (!s) {
-      if (previous === undefined) this.refusedEntries++;
-      return true;
-    }
+    const s = this.target(key, labels, now);
     for (let i = 0; i < this.width; i++) s.live[i]! += values[i] ?? 0;
     s.lastLive = now;
     return true;
@@ -86,18 +135,20 @@ export class CounterSeries {
   /** Final values of a kernel entry about to be deleted. */
   retire(entryId: string, key: string, labels: Labels, values: readonly number[], now: number): void {
     this.seriesOfEntry.delete(entryId);
-    const s = this.entry(key, labels, now);
-    if (!s) return;
+    const s = this.target(key, labels, now);
     for (let i = 0; i < this.width; i++) s.retired[i]! += values[i] ?? 0;
     s.lastLive = Math.max(s.lastLive, now);
   }
 
-  /** Current totals; series with nothing live for longer than the grace period are dropped. */
+  /** Current totals; series (and folds) with nothing live for longer than the grace period are dropped. */
   finishCollection(now: number): SeriesValues[] {
+    // A fold's overflow series was fed whenever the fold was, so it never expires before its folds.
+    for (const [key, fold] of this.folds) if (now - fold.lastLive > this.graceMs) this.folds.delete(key);
     const out: SeriesValues[] = [];
     for (const [key, s] of this.series) {
       if (now - s.lastLive > this.graceMs) {
         this.series.delete(key);
+        if (!s.overflow) this.ownSeries--;
         continue;
       }
       out.push({ labels: s.labels, values: s.live.map((v, i) => v + s.retired[i]!) });

@@ -6,9 +6,9 @@ import { execFileSync } from 'node:child_process';
 import { setTimeout as sleep } from 'node:timers/promises';
 import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod, type VethStats } from '../helpers/pods.js';
-import { startAgent, type AgentProcess } from '../helpers/agent.js';
+import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
 import { runIperf } from '../helpers/iperf.js';
-import { checkExposition, parseExposition, sampleValue, sumSamples, type MetricFamily } from '../helpers/exposition.js';
+import { checkExposition, findSamples, parseExposition, sampleValue, sumSamples, type MetricFamily } from '../helpers/exposition.js';
 import { promtoolCheckMetrics, startPrometheus } from '../helpers/prometheus.js';
 import { waitFor } from '../helpers/wait.js';
 
@@ -152,6 +152,76 @@ t.test('a removed pod keeps its final counts for the grace period, then its seri
     what: 'pod a series to disappear after the grace period',
   });
   t.pass('series gone after the grace period');
+});
+
+t.test('more pods than the series limit: sum over pods plus __overflow__ equals the veths\' totals', async (t) => {
+  if (!requirePrivileges(t, 'network collector on real veths')) return;
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const pods: Pod[] = [];
+  for (let i = 0; i < 8; i++) pods.push(await net.addPod({ layout: 'plain' }));
+  // A pod that pings is at least two label sets (egress and ingress icmp): 8 pods cannot fit in 6.
+  const limit = 6;
+  const agent = await startAgent({
+    env: {
+      ...onlyCollectors('network'),
+      PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
+      PROBEPILOT_COLLECTORS_NETWORK_RESCAN_INTERVAL_SECONDS: '0.2',
+      PROBEPILOT_SERIES_LIMIT: String(limit),
+    },
+  });
+  t.teardown(() => agent.stop());
+  for (const pod of pods) await attachedLog(agent, pod);
+
+  const vethTotals = () => pods.map((p) => p.vethStats()).reduce((a, b) => ({ rxBytes: a.rxBytes + b.rxBytes, txBytes: a.txBytes + b.txBytes, rxPackets: a.rxPackets + b.rxPackets, txPackets: a.txPackets + b.txPackets }));
+  // Only these veths are attached: every series, the overflow included, is theirs.
+  const exported = (families: MetricFamily[], family: string, direction: string) => sumSamples(families, family, { direction });
+  const beforeVeth = vethTotals();
+  const beforeEach = new Map(pods.map((p) => [p, p.vethStats()]));
+  const before = parseExposition(await agent.metrics());
+  const overflowSeen: number[] = [];
+  for (const [i, pod] of pods.entries()) {
+    await pod.exec('ping', ['-c', '20', '-i', '0.01', '-s', String(200 + 100 * i), '-q', pods[(i + 1) % pods.length]!.ipv4]);
+    // A scrape between pods: each arrives when the room is in a known state.
+    overflowSeen.push(sumSamples(parseExposition(await agent.metrics()), 'probepilot_network_bytes_total', { cgroup: '__overflow__' }));
+  }
+  await sleep(200);
+  const after = parseExposition(await agent.metrics());
+  const afterVeth = vethTotals();
+
+  for (const [metric, vethOut, vethIn] of [
+    ['bytes', afterVeth.rxBytes - beforeVeth.rxBytes, afterVeth.txBytes - beforeVeth.txBytes],
+    ['packets', afterVeth.rxPackets - beforeVeth.rxPackets, afterVeth.txPackets - beforeVeth.txPackets],
+  ] as const) {
+    const family = `probepilot_network_${metric}_total`;
+    within(t, exported(after, family, 'egress') - exported(before, family, 'egress'), vethOut, `${family} egress, pods + overflow`);
+    within(t, exported(after, family, 'ingress') - exported(before, family, 'ingress'), vethIn, `${family} ingress, pods + overflow`);
+    // The peer matrix counts IP packets only (ARP is protocol "other" in the totals and has no peer).
+    const ip = (families: MetricFamily[], direction: string) => sumSamples(families, family, { direction, protocol: /^(tcp|udp|icmp)$/ });
+    const flowFamily = `probepilot_network_flow_${metric}_total`;
+    for (const direction of ['egress', 'ingress']) {
+      within(t, exported(after, flowFamily, direction) - exported(before, flowFamily, direction), ip(after, direction) - ip(before, direction), `${flowFamily} ${direction}, pods + overflow, against the IP traffic`);
+    }
+  }
+  const overflow = sumSamples(after, 'probepilot_network_bytes_total', { cgroup: '__overflow__' });
+  t.ok(overflow > 0, `the overflow holds ${overflow} bytes`);
+  t.same(overflowSeen, [...overflowSeen].sort((x, y) => x - y), 'the overflow never went backwards between scrapes');
+  const own = findSamples(after, 'probepilot_network_bytes_total', { cgroup: /^(?!__overflow__$)/ });
+  t.equal(own.length, limit, `the room is full: ${limit} series of their own, the rest folded`);
+  for (const pod of pods) {
+    // What a pod's own series holds is its traffic or a part of it (its other label sets may have folded).
+    const ownBytes = counted(after, 'bytes', pod, 'egress') - counted(before, 'bytes', pod, 'egress');
+    const vethBytes = pod.vethStats().rxBytes - beforeEach.get(pod)!.rxBytes;
+    t.ok(ownBytes <= vethBytes * (1 + tolerance), `${pod.name}: ${ownBytes} egress bytes in its own series, of ${vethBytes} on its veth`);
+  }
+  t.same(
+    findSamples(after, 'probepilot_network_flow_bytes_total', { cgroup: '__overflow__' }).map((s) => [s.labels.peer_namespace, s.labels.peer_workload]),
+    findSamples(after, 'probepilot_network_flow_bytes_total', { cgroup: '__overflow__' }).map(() => ['__overflow__', '__overflow__']),
+    'the peer matrix folds the peer\'s name too',
+  );
+  t.ok(sumSamples(after, 'probepilot_series_overflow_total', { collector: 'network', family: 'probepilot_network_bytes_total' }) > 0, 'probepilot_series_overflow_total counts the folded label sets');
+  t.same(checkExposition(await agent.metrics()), [], 'exposition is well formed');
+  t.equal(await agent.stop(), 0, 'agent exits cleanly');
 });
 
 t.test('a real Prometheus scrapes the agent without errors and the exposition is clean', async (t) => {

@@ -3,14 +3,12 @@
 // (not tracked here, so "other"). Two workloads with different counts must
 // each get exactly their own: neither leaks into the other's series.
 import t from 'tap';
-import { readdirSync, readFileSync, readlinkSync } from 'node:fs';
 import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
 import { startAgent } from '../helpers/agent.js';
 import { waitFor } from '../helpers/wait.js';
-import { checkExposition, parseExposition, sumSamples, type MetricFamily } from '../helpers/exposition.js';
+import { checkExposition, findSamples, parseExposition, sumSamples, type MetricFamily } from '../helpers/exposition.js';
 import { compileWorkload } from '../helpers/workload.js';
-import { execChecked } from '../helpers/proc.js';
 
 const tolerance = 0.001;
 
@@ -89,43 +87,89 @@ t.test('syscalls are counted exactly, with their errors and latency, per workloa
   t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
 });
 
-/** Entries of the agent's own syscall map, found among the process's BPF map fds (other agents may have one too). */
-async function kernelEntries(agentPid: number): Promise<number> {
-  for (const fd of readdirSync(`/proc/${agentPid}/fd`)) {
-    let target: string;
-    try {
-      target = readlinkSync(`/proc/${agentPid}/fd/${fd}`);
-    } catch {
-      continue; // closed meanwhile
-    }
-    if (target !== 'anon_inode:bpf-map') continue;
-    const id = /^map_id:\s*(\d+)$/m.exec(readFileSync(`/proc/${agentPid}/fdinfo/${fd}`, 'utf8'))?.[1];
-    if (!id) continue;
-    const map = JSON.parse(await execChecked('bpftool', ['map', 'show', 'id', id, '-j'])) as { name?: string };
-    if (map.name === 'syscall_stats') return (JSON.parse(await execChecked('bpftool', ['map', 'dump', 'id', id, '-j'])) as unknown[]).length;
-  }
-  throw new Error(`no syscall_stats map among the fds of pid ${agentPid}`);
+// ptrace with request 0x7fff and pid 0 fails at once with ESRCH and changes nothing; hardly anything
+// else on a node calls ptrace, so the overflow's ptrace count is only what the folded test cgroups made.
+const ptraceSource = `
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) {
+  long n = atol(argv[1]);
+  for (long i = 0; i < n; i++) syscall(SYS_ptrace, 0x7fffL, 0L, 0L, 0L);
+  return 0;
 }
+`;
 
-t.test('a series limit caps what is exported and counts what it dropped', async (t) => {
+t.test('beyond the series limit workloads fold into __overflow__ and the sum over every series stays exact', async (t) => {
   if (!requirePrivileges(t, 'series limit on the syscalls collector')) return;
-  const limit = 5;
+  const binary = await compileWorkload(t, 'ptrace-loop', ptraceSource);
+  // Each pod is two label sets (ptrace and "other"): 12 pods need 24, so at least 4 fold whatever the node's own cgroups take.
+  const limit = 16;
+  const podCount = 12;
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const pods: Pod[] = [];
+  for (let i = 0; i < podCount; i++) pods.push(await net.addPod({ layout: 'plain' }));
+
   const agent = await startAgent({
     env: {
       PROBEPILOT_COLLECTORS_NETWORK_ENABLED: 'false',
       PROBEPILOT_COLLECTORS_DROPS_ENABLED: 'false',
+      PROBEPILOT_COLLECTORS_SYSCALLS_TRACKED: 'ptrace',
       PROBEPILOT_SERIES_LIMIT: String(limit),
     },
   });
   t.teardown(() => agent.stop());
-  // Every cgroup on the node with a syscall and every syscall slot it used is one kernel entry, one label set.
-  await waitFor(async () => (await kernelEntries(agent.child.pid!)) > limit * 2, { timeoutMs: 20_000, what: 'more kernel entries than the limit' });
-  const entries = await kernelEntries(agent.child.pid!);
-  const families = parseExposition(await agent.metrics());
-  for (const name of ['probepilot_syscalls_total', 'probepilot_syscall_errors_total', 'probepilot_syscall_latency_seconds_count']) {
-    t.equal(families.find((f) => f.name === name.replace(/_count$/, ''))?.samples.filter((s) => s.name === name).length, limit, `${name}: exactly ${limit} series`);
+
+  // One pod after the other, a scrape after each: the node's own cgroups take part of the room first,
+  // then the pods get series of their own until it is full, and the rest fold.
+  const calls = new Map<Pod, number>();
+  let previousOverflow = 0;
+  for (const [i, pod] of pods.entries()) {
+    const n = 10_000 + 1_000 * i + i; // every pod's count is distinct
+    const res = await pod.exec(binary, [String(n)]);
+    t.equal(res.code, 0, `${pod.name}: ${n} ptrace calls made (${res.stderr.trim()})`);
+    calls.set(pod, n);
+    const families = parseExposition(await agent.metrics());
+    const overflow = sumSamples(families, 'probepilot_syscalls_total', { cgroup: '__overflow__' });
+    t.ok(overflow >= previousOverflow, `after ${pod.name}: the overflow series never goes backwards (${previousOverflow} → ${overflow})`);
+    previousOverflow = overflow;
   }
-  const dropped = sumSamples(families, 'probepilot_series_dropped_total', { collector: 'syscalls' });
-  t.ok(dropped + limit >= entries, `exported ${limit} + dropped ${dropped} cover the ${entries} entries (label sets) the kernel map held before the scrape`);
+
+  const text = await agent.metrics();
+  t.same(checkExposition(text), [], 'exposition is well formed');
+  const families = parseExposition(text);
+  let folded = 0;
+  let foldedCalls = 0;
+  for (const [pod, n] of calls) {
+    const own = findSamples(families, 'probepilot_syscalls_total', { cgroup: pod.cgroupPath, syscall: 'ptrace' });
+    if (own.length === 0) {
+      folded++;
+      foldedCalls += n;
+      continue;
+    }
+    t.equal(own[0]!.value, n, `${pod.name}: its own series counts its ${n} calls exactly`);
+    t.equal(sumSamples(families, 'probepilot_syscall_errors_total', { cgroup: pod.cgroupPath, syscall: 'ptrace' }), n, `${pod.name}: every call failed (ESRCH)`);
+  }
+  const overflowCalls = sumSamples(families, 'probepilot_syscalls_total', { cgroup: '__overflow__', syscall: 'ptrace' });
+  t.equal(overflowCalls, foldedCalls, `the overflow holds exactly the ${foldedCalls} calls of the ${folded} folded pods (and ${podCount - folded} pods have their own series)`);
+  t.equal(sumSamples(families, 'probepilot_syscall_errors_total', { cgroup: '__overflow__', syscall: 'ptrace' }), foldedCalls, 'errors fold the same way');
+  t.equal(sumSamples(families, 'probepilot_syscall_latency_seconds_count', { cgroup: '__overflow__', syscall: 'ptrace' }), foldedCalls, 'so does the latency histogram: one observation per folded call');
+  const overflowBuckets = findSamples(families, 'probepilot_syscall_latency_seconds_bucket', { cgroup: '__overflow__', syscall: 'ptrace', le: '+Inf' });
+  t.equal(overflowBuckets[0]?.value, foldedCalls, 'its +Inf bucket equals its count');
+  const total = [...calls.values()].reduce((a, b) => a + b, 0);
+  t.equal(sumSamples(families, 'probepilot_syscalls_total', { syscall: 'ptrace' }), total, `sum over every ptrace series, the overflow included: the ${total} calls made`);
+  t.ok(folded > 0, `${folded} of ${podCount} pods folded beyond a limit of ${limit}`);
+
+  const own = findSamples(families, 'probepilot_syscalls_total', { cgroup: /^(?!__overflow__$)/ });
+  t.ok(own.length <= limit, `${own.length} series of their own, at most the limit ${limit}`);
+  t.same(
+    findSamples(families, 'probepilot_syscalls_total', { cgroup: '__overflow__' }).map((s) => s.labels.syscall).sort(),
+    ['other', 'ptrace'],
+    'one overflow series per syscall label',
+  );
+  const overflowCounted = sumSamples(families, 'probepilot_series_overflow_total', { collector: 'syscalls', family: 'probepilot_syscalls_total' });
+  t.ok(overflowCounted >= folded, `probepilot_series_overflow_total counts ${overflowCounted} label sets folded, the ${folded} pods' ptrace label sets among them`);
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
+  t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
 });

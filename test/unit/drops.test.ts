@@ -41,7 +41,7 @@ t.test('reason names come from the enum, prefix removed; numbers it does not nam
   t.equal(linux517.consumed, undefined);
   t.equal(linux517.label(1), 'NO_SOCKET', 'numbers follow the running kernel, names stay');
   t.equal(new DropReasonNames({ SKB_DROP_REASON_HUGE: 2n ** 60n }).size, 0, 'a 64-bit value is no reason number');
-  t.equal(new DropReasonNames({ 'SKB_DROP_REASON_BAD\0NAME': 5 }).label(5), 'BADNAME', 'names are sanitized label values');
+  t.equal(new DropReasonNames({ 'SKB_DROP_REASON_BAD\0NAME': 5 }).label(5), 'BAD\ufffdNAME', 'names are sanitized label values (a NUL becomes U+FFFD)');
 });
 
 t.test('drop key layout: u64 cgroup id, u32 netns inode, u32 reason', async (t) => {

@@ -74,6 +74,13 @@ t.test('a kernel comm cut inside a UTF-8 character decodes to valid text', async
   t.ok(decoded && decoded.comm.isWellFormed() && decoded.comm.startsWith('wörker-ñame-'), JSON.stringify(decoded?.comm));
 });
 
+t.test('a comm with control characters, quotes and bytes that are no UTF-8 is one line of valid text', async (t) => {
+  const record = header(1, 120);
+  record.fill(0, 32, 48);
+  Buffer.concat([Buffer.from('ev"l\\\n\x1b'), Buffer.from([0xff, 0xe2, 0x82]), Buffer.from('x')]).copy(record, 32);
+  t.equal(decodeRecord(record)?.comm, 'ev"l\\\ufffd\ufffd\ufffd\ufffdx', 'quotes and backslashes kept (JSON escapes them), newline, escape and each bad sequence U+FFFD');
+});
+
 t.test('a batch splits into its records; a truncated tail is left out', async (t) => {
   const a = Buffer.from('first');
   const b = Buffer.from('second!');

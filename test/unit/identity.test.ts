@@ -90,13 +90,30 @@ t.test('network namespaces resolve to workloads by inode and by id; gone ones ke
   t.equal(netns.resolveInode(podB), undefined, 'forgotten');
 });
 
+t.test('cgroup directories named with bytes that are no UTF-8 are found, and so are their children', async (t) => {
+  const root = t.testdir({});
+  const bad = Buffer.concat([Buffer.from(root), Buffer.from('/pod-'), Buffer.from([0xff, 0xe2, 0x82])]);
+  mkdirSync(bad);
+  mkdirSync(Buffer.concat([bad, Buffer.from('/ctr')]));
+  const paths = new CgroupPaths(root);
+  const idOf = (dir: Buffer): bigint => statSync(dir, { bigint: true }).ino;
+  t.equal(paths.resolve(idOf(bad)), '/pod-\ufffd\ufffd', 'its path, the bad bytes decoded as U+FFFD');
+  t.equal(paths.resolve(idOf(Buffer.concat([bad, Buffer.from('/ctr')]))), '/pod-\ufffd\ufffd/ctr', 'the walk descends into it');
+});
+
 t.test('label values are valid UTF-8 and bounded', async (t) => {
   t.equal(sanitizeLabelValue('/system.slice/nginx.service'), '/system.slice/nginx.service');
-  t.equal(sanitizeLabelValue('a\0b'), 'ab');
+  t.equal(sanitizeLabelValue('a\0b\nc\x1bd\x7fe'), 'a\ufffdb\ufffdc\ufffdd\ufffde', 'NUL, newline, escape and DEL become U+FFFD');
+  t.equal(sanitizeLabelValue('say "hi" \\ bye'), 'say "hi" \\ bye', 'quotes and backslashes are kept for the exporters to escape');
+  t.equal(sanitizeLabelValue(Buffer.from([0x61, 0xe2, 0x82, 0x62]).toString('utf8')), 'a\ufffdb', 'bytes that cut a multi-byte character were decoded as U+FFFD and stay so');
   t.equal(sanitizeLabelValue('bad\ud800x'), 'bad\ufffdx', 'a lone surrogate becomes U+FFFD');
   const long = sanitizeLabelValue('x'.repeat(1000));
   t.equal(long.length, 257);
   t.ok(long.endsWith('…'));
+  const huge = sanitizeLabelValue('y'.repeat(4 * 1024 * 1024));
+  t.equal(huge, `${'y'.repeat(256)}…`, 'megabytes are cut to 256 characters and the mark of the cut');
+  const cutAtPair = sanitizeLabelValue(`${'x'.repeat(256)}😀tail`);
+  t.equal(cutAtPair, `${'x'.repeat(256)}…`, 'a pair just past the limit is cut whole, not left as a lone surrogate');
   const emoji = sanitizeLabelValue(`${'x'.repeat(255)}😀`);
   t.equal(Buffer.from(emoji, 'utf8').toString('utf8'), emoji, 'a surrogate pair is not cut in half');
 });
