@@ -14,6 +14,7 @@
         "src/netlink.cc",
         "src/nvml.cc",
         "src/object.cc",
+        "src/pins.cc",
         "src/stats.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

@@ -128,12 +128,13 @@ export class Agent {
     await this.grpc?.close();
     await this.server?.close();
     await this.otlp?.stop();
-    await this.manager?.stop();
+    const keepRunning = this.config.pins.enabled;
+    await this.manager?.stop({ keepRunning });
     await this.pods?.stop();
     for (const informer of this.informers) informer.stop();
     if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
     this.statsHandle = undefined;
-    this.log.info('stopped; all programs detached');
+    this.log.info({ keepRunning, pinRoot: keepRunning ? this.config.pins.root : null }, keepRunning ? 'stopped; programs keep counting through their pins until the next start (probepilot agent --cleanup removes them)' : 'stopped; all programs detached');
   }
 
   /** Standalone by default; in Kubernetes mode the pods of this node are listed before collectors start, so first scrapes carry pod labels. */

@@ -42,6 +42,11 @@ export interface AgentConfig {
   cgroupRoot: string;
   seriesGraceSeconds: number;
   seriesLimit: number;
+  pins: {
+    enabled: boolean;
+    root: string;
+    stateDir: string;
+  };
   otlp: {
     endpoint: string;
     intervalSeconds: number;
@@ -160,6 +165,19 @@ export const schema = {
     max: 10_000_000,
     default: 100_000,
     doc: 'Most series one collector keeps per group of families that share labels (one kernel map); new label sets beyond it are dropped and counted in probepilot_series_dropped_total.',
+  },
+  pins: {
+    enabled: {
+      kind: 'boolean',
+      default: true,
+      doc: 'Pin maps and links in bpffs so counters continue across agent restarts and programs keep counting while the agent is down (see "Restarts and pins"); off: everything is detached at stop.',
+    },
+    root: { kind: 'string', default: '/sys/fs/bpf/probepilot', doc: 'bpffs directory of the pins (one subdirectory per BPF object); probepilot agent --cleanup removes it.' },
+    stateDir: {
+      kind: 'string',
+      default: '/var/lib/probepilot',
+      doc: 'Directory (on the host, to outlive the container) for what bpffs cannot hold: the final counts of retired kernel entries and the clsact qdiscs the agent created.',
+    },
   },
   otlp: {
     endpoint: {

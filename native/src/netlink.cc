@@ -4,6 +4,8 @@
 #include <linux/if_link.h>
 #include <linux/net_namespace.h>
 #include <linux/netlink.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -201,6 +203,77 @@ Napi::Value ListLinks(const Napi::CallbackInfo& info) {
     if (!interrupted) return links;
   }
   ThrowNative(env, EAGAIN, what + ": interfaces kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+}
+
+// One BPF classifier of a clsact hook: where it sits (handle, priority)
+// and which program it runs. Other classifier kinds are left out.
+Napi::Value ParseBpfFilter(Napi::Env env, nlmsghdr* message) {
+  auto* header = static_cast<tcmsg*>(NLMSG_DATA(message));
+  std::string kind;
+  uint32_t programId = 0;
+  std::string programName;
+  int remaining = static_cast<int>(message->nlmsg_len) - static_cast<int>(NLMSG_LENGTH(sizeof(*header)));
+  for (auto* attr = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(header) + NLMSG_ALIGN(sizeof(*header)));
+       RTA_OK(attr, remaining); attr = RTA_NEXT(attr, remaining)) {
+    const int type = attr->rta_type & NLA_TYPE_MASK;
+    if (type == TCA_KIND) kind = AttrString(attr);
+    if (type != TCA_OPTIONS) continue;
+    int optionsRemaining = static_cast<int>(RTA_PAYLOAD(attr));
+    for (auto* option = static_cast<rtattr*>(RTA_DATA(attr)); RTA_OK(option, optionsRemaining);
+         option = RTA_NEXT(option, optionsRemaining)) {
+      const int optionType = option->rta_type & NLA_TYPE_MASK;
+      if (optionType == TCA_BPF_ID) programId = static_cast<uint32_t>(AttrInt(option));
+      if (optionType == TCA_BPF_NAME) programName = AttrString(option);
+    }
+  }
+  // The kernel also reports each priority's (empty) chain head: no handle, no program.
+  if (kind != "bpf" || header->tcm_handle == 0) return env.Undefined();
+  Napi::Object filter = Napi::Object::New(env);
+  filter.Set("handle", static_cast<double>(header->tcm_handle));
+  filter.Set("priority", static_cast<double>(TC_H_MAJ(header->tcm_info) >> 16));
+  filter.Set("programId", static_cast<double>(programId));
+  filter.Set("programName", programName);
+  return filter;
+}
+
+Napi::Value ListTcFilters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t ifindex = Uint32Arg(info, 0, "listTcFilters", "ifindex");
+  const std::string direction = StringArg(info, 1, "listTcFilters", "direction");
+  if (direction != "ingress" && direction != "egress") {
+    ThrowTypeError(env, "listTcFilters: direction must be 'ingress' or 'egress'");
+  }
+  const std::string what = "listTcFilters(ifindex " + std::to_string(ifindex) + ", " + direction + ")";
+  RouteSocket socket(env, what);
+
+  struct {
+    nlmsghdr header;
+    tcmsg filter;
+  } request{};
+  request.header.nlmsg_len = sizeof(request);
+  request.header.nlmsg_type = RTM_GETTFILTER;
+  request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  request.filter.tcm_family = AF_UNSPEC;
+  request.filter.tcm_ifindex = static_cast<int>(ifindex);
+  request.filter.tcm_parent = TC_H_MAKE(TC_H_CLSACT, direction == "ingress" ? TC_H_MIN_INGRESS : TC_H_MIN_EGRESS);
+
+  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
+    Napi::Array filters = Napi::Array::New(env);
+    bool interrupted = false;
+    const int err = socket.Exchange(
+        &request.header,
+        [&](nlmsghdr* message) {
+          if (message->nlmsg_type != RTM_NEWTFILTER) return;
+          Napi::Value filter = ParseBpfFilter(env, message);
+          if (!filter.IsUndefined()) filters.Set(filters.Length(), filter);
+        },
+        &interrupted);
+    // No clsact qdisc (or no such interface): no filters.
+    if (err == EINVAL || err == ENOENT || err == ENODEV) return Napi::Array::New(env);
+    if (err) ThrowNative(env, err, what + ": RTM_GETTFILTER dump");
+    if (!interrupted) return filters;
+  }
+  ThrowNative(env, EAGAIN, what + ": filters kept changing during " + std::to_string(kDumpAttempts) + " dumps");
 }
 
 Napi::Value NetnsId(const Napi::CallbackInfo& info) {

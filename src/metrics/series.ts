@@ -18,6 +18,13 @@ export interface SeriesValues {
   values: number[];
 }
 
+/** The retired part of one series: what a restarted agent needs so the series never goes backwards. */
+export interface RetiredTotals {
+  key: string;
+  labels: Labels;
+  retired: number[];
+}
+
 export class CounterSeries {
   private readonly series = new Map<string, Series>();
   /** The series each live kernel entry (by an id of the caller's, e.g. its key bytes) fed last. */
@@ -90,6 +97,24 @@ export class CounterSeries {
     if (!s) return;
     for (let i = 0; i < this.width; i++) s.retired[i]! += values[i] ?? 0;
     s.lastLive = Math.max(s.lastLive, now);
+  }
+
+  /** Series holding final counts of deleted kernel entries. */
+  retiredTotals(): RetiredTotals[] {
+    const out: RetiredTotals[] = [];
+    for (const [key, s] of this.series) {
+      if (s.retired.some((v) => v !== 0)) out.push({ key, labels: s.labels, retired: [...s.retired] });
+    }
+    return out;
+  }
+
+  /** Final counts saved by an earlier run (the kernel entries they came from are gone); their grace starts now. */
+  restoreRetired(totals: readonly RetiredTotals[], now: number): void {
+    for (const { key, labels, retired } of totals) {
+      const s = this.entry(key, labels, now);
+      if (!s) continue;
+      for (let i = 0; i < this.width; i++) s.retired[i]! += retired[i] ?? 0;
+    }
   }
 
   /** Current totals; series with nothing live for longer than the grace period are dropped. */

@@ -43,7 +43,8 @@ export interface StartAgentOptions {
 
 export async function startAgent({ args = [], env = {}, waitReady = true }: StartAgentOptions = {}): Promise<AgentProcess> {
   const child = spawn(process.execPath, [cli, 'agent', '--listen', '127.0.0.1:0', ...args], {
-    env: { ...process.env, PROBEPILOT_LOG_LEVEL: 'debug', ...env },
+    // Pins off unless a test asks: agents of concurrent tests must not share bpffs state, nor leave programs behind.
+    env: { ...process.env, PROBEPILOT_LOG_LEVEL: 'debug', PROBEPILOT_PINS_ENABLED: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
