@@ -246,10 +246,11 @@ Napi::Value BpfObjectWrap::AdoptLink(const Napi::CallbackInfo& info) {
     const int err = errno;
     ThrowNative(env, err, what + ": not a link");
   }
-  // A TCX link whose interface went away stays pinned but detached (ifindex 0);
-  // the union's first word is the ifindex for TCX links.
+  // A TCX link whose interface went away stays pinned but detached (ifindex 0).
+  // The uapi headers here predate the union's tcx member {ifindex, attach_type},
+  // laid out as its netns member {netns_ino, attach_type}.
   uint32_t tcxIfindex = 0;
-  std::memcpy(&tcxIfindex, reinterpret_cast<const char*>(&link.prog_id) + sizeof(link.prog_id), sizeof(tcxIfindex));
+  std::memcpy(&tcxIfindex, &link.netns.netns_ino, sizeof(tcxIfindex));
   std::string reason;
   if (link.type == kBpfLinkTypeTcx && tcxIfindex == 0) {
     reason = "its interface is gone";

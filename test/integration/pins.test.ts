@@ -1,0 +1,234 @@
+// Counters that survive restarts and coexistence with a CNI's TC program,
+// against the kernel: a SIGKILLed agent's pinned links keep counting, the
+// restarted agent adopts them and its counters continue (oracle: datagrams
+// sent, veth statistics); a changed map layout is re-created with a log
+// line; --cleanup removes what is ours and leaves another program working.
+import t, { type Test } from 'tap';
+import { execFileSync, spawnSync } from 'node:child_process';
+import { once } from 'node:events';
+import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { bpfObjectDir, loadAddon, type BpfObject, type TcAttachMode } from '../../src/bpf/addon.js';
+import { requirePrivileges } from '../helpers/env.js';
+import { createTestNetwork, type Pod, type TestNetwork } from '../helpers/pods.js';
+import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
+import { parseExposition, sumSamples } from '../helpers/exposition.js';
+import { collect } from '../helpers/proc.js';
+
+const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+const okPort = 40_001;
+const dropPort = 40_002;
+
+const receiverScript = `
+import json, select, socket, sys, time
+socks = {}
+for port in map(int, sys.argv[1:]):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); s.bind(("0.0.0.0", port)); socks[s] = port
+counts = {str(p): 0 for p in socks.values()}
+print("ready", flush=True)
+last = time.time()
+while time.time() - last < 2.0:
+    ready, _, _ = select.select(list(socks), [], [], 0.2)
+    for s in ready:
+        s.recv(2048); counts[str(socks[s])] += 1; last = time.time()
+print(json.dumps(counts), flush=True)
+`;
+
+const senderScript = `
+import socket, sys, time
+dst, port, count, gap = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), float(sys.argv[4])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for i in range(count):
+    s.sendto(b"x" * 100, (dst, port)); time.sleep(gap)
+`;
+
+/** Datagrams received per port by a receiver in `pod` while `traffic` runs (it stops 2 s after the last one). */
+async function receive(pod: Pod, ports: readonly number[], traffic: () => Promise<void>): Promise<Record<string, number>> {
+  const child = pod.run('python3', ['-c', receiverScript, ...ports.map(String)]);
+  const result = collect(child);
+  await new Promise<void>((resolve, reject) => {
+    child.stdout!.on('data', (chunk: Buffer) => chunk.toString().includes('ready') && resolve());
+    child.once('exit', () => reject(new Error('receiver exited early')));
+  });
+  await traffic();
+  const { stdout, code } = await result;
+  if (code !== 0) throw new Error(`receiver failed (${code})`);
+  return JSON.parse(stdout.trim().split('\n').pop()!) as Record<string, number>;
+}
+
+async function send(from: Pod, to: Pod, port: number, count: number, gapSeconds = 0.001): Promise<void> {
+  const { code, stderr } = await from.exec('python3', ['-c', senderScript, to.ipv4, String(port), String(count), String(gapSeconds)]);
+  if (code !== 0) throw new Error(`sender failed: ${stderr}`);
+}
+
+function pinsEnv(net: TestNetwork, root: string, stateDir: string, mode: TcAttachMode): NodeJS.ProcessEnv {
+  return {
+    ...onlyCollectors('network'),
+    PROBEPILOT_PINS_ENABLED: 'true',
+    PROBEPILOT_PINS_ROOT: root,
+    PROBEPILOT_PINS_STATE_DIR: stateDir,
+    PROBEPILOT_COLLECTORS_NETWORK_ATTACH_MODE: mode,
+    PROBEPILOT_COLLECTORS_NETWORK_INTERFACES_INCLUDE: `pp${net.runId}h*`,
+    PROBEPILOT_COLLECTORS_NETWORK_RESCAN_INTERVAL_SECONDS: '0.2',
+    PROBEPILOT_COLLECTORS_NETWORK_FLOWS_ENABLED: 'false',
+  };
+}
+
+function runCleanup(env: NodeJS.ProcessEnv): { code: number | null; logs: Array<Record<string, unknown>> } {
+  const res = spawnSync(process.execPath, [cli, 'agent', '--cleanup'], { env: { ...process.env, ...env }, encoding: 'utf8', timeout: 60_000 });
+  const logs = res.stdout.split('\n').filter((l) => l.trim()).map((l) => JSON.parse(l) as Record<string, unknown>);
+  return { code: res.status, logs };
+}
+
+async function udpPackets(agent: AgentProcess, pod: Pod, direction: 'ingress' | 'egress'): Promise<number> {
+  return sumSamples(parseExposition(await agent.metrics()), 'probepilot_network_packets_total', { cgroup: pod.cgroupPath, direction, protocol: 'udp' });
+}
+
+async function allPackets(agent: AgentProcess, pod: Pod, direction: 'ingress' | 'egress'): Promise<number> {
+  return sumSamples(parseExposition(await agent.metrics()), 'probepilot_network_packets_total', { cgroup: pod.cgroupPath, direction });
+}
+
+function attached(agent: AgentProcess, pod: Pod) {
+  return agent.waitForLog((l) => l.interface === pod.hostVeth && l.workload === pod.cgroupPath, `attach to ${pod.hostVeth}`);
+}
+
+function ifindexOf(name: string): number {
+  return Number(execFileSync('cat', [`/sys/class/net/${name}/ifindex`], { encoding: 'utf8' }).trim());
+}
+
+function mapGone(id: number): boolean {
+  return spawnSync('bpftool', ['map', 'show', 'id', String(id)], { stdio: 'ignore' }).status !== 0;
+}
+
+function scratch(t: Test, runId: string): { root: string; stateDir: string } {
+  const root = `/sys/fs/bpf/pp-test-${runId}-${process.pid}`;
+  const stateDir = mkdtempSync(path.join(os.tmpdir(), 'pp-state-'));
+  t.teardown(() => {
+    rmSync(root, { recursive: true, force: true });
+    rmSync(stateDir, { recursive: true, force: true });
+  });
+  return { root, stateDir };
+}
+
+t.test('restart: a SIGKILLed agent loses no count and its counters do not reset; an incompatible layout is re-created; --cleanup removes ours', async (t) => {
+  if (!requirePrivileges(t, 'pinned maps and links on real veths')) return;
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const a = await net.addPod({ layout: 'plain' });
+  const b = await net.addPod({ layout: 'plain' });
+  const { root, stateDir } = scratch(t, net.runId);
+  const env = pinsEnv(net, root, stateDir, 'tcx');
+  t.teardown(() => void runCleanup(env));
+
+  const first = await startAgent({ env });
+  await attached(first, a);
+  await attached(first, b);
+  const before = await udpPackets(first, a, 'egress');
+  const vethBefore = a.vethStats();
+  const totalBefore = await allPackets(first, a, 'egress');
+
+  // 600 datagrams over ~1.5 s; the agent dies with SIGKILL in the middle and is down for the rest.
+  const datagrams = 600;
+  const traffic = send(a, b, okPort, datagrams, 0.0025);
+  await sleep(400);
+  first.child.kill('SIGKILL');
+  await once(first.child, 'exit');
+  await traffic;
+
+  const second = await startAgent({ env });
+  t.teardown(() => second.stop());
+  await attached(second, a);
+  const after = await udpPackets(second, a, 'egress');
+  const vethAfter = a.vethStats();
+  const totalAfter = await allPackets(second, a, 'egress');
+  t.ok(after >= before, `no counter reset: ${before} UDP packets before the kill, ${after} after the restart`);
+  t.equal(after - before, datagrams, `every datagram counted once, those sent while the agent was down included (${datagrams} sent, exact)`);
+  const vethDelta = vethAfter.rxPackets - vethBefore.rxPackets;
+  t.ok(Math.abs(totalAfter - totalBefore - vethDelta) <= 2, `all of pod a's packets: ${totalAfter - totalBefore} counted, veth ${vethDelta} (tolerance 2 for IPv6 neighbour discovery between the reads)`);
+  const replaced = second.logs.filter((l) => /attaching anew|incompatible layout|updated in place/.test(l.msg));
+  t.same(replaced, [], 'the identical program\'s links were kept, the maps reused');
+
+  // A changed capacity is a new layout of net_traffic: re-created, with a line naming it.
+  t.equal(await second.stop(), 0, 'SIGTERM exits 0');
+  t.ok(existsSync(path.join(root, 'net/maps-v1/net_traffic')), 'the stopped agent left its maps pinned');
+  const third = await startAgent({ env: { ...env, PROBEPILOT_COLLECTORS_NETWORK_MAX_ENTRIES: '4096' } });
+  t.teardown(() => third.stop());
+  const recreated = await third.waitForLog((l) => l.msg.includes('incompatible layout') && l.map === 'net_traffic', 'the re-created net_traffic log line');
+  t.match(String(recreated.reason), /max entries 65536 pinned, 4096 wanted/, `says why: ${String(recreated.reason)}`);
+  const updated = third.logs.filter((l) => /attaching anew|updated in place/.test(l.msg));
+  t.ok(updated.length > 0 && updated.every((l) => l.msg.includes('updated in place')), 'the old TCX links now run the new program (bpf_link_update)', { updated });
+  await attached(third, a);
+  await send(a, b, okPort, 50);
+  await sleep(300);
+  t.equal(await udpPackets(third, a, 'egress'), 50, 'the new map counts from zero, and only once (the old program was replaced, not doubled)');
+
+  const trafficMapId = loadAddon().pinnedMapInfo(path.join(root, 'net/maps-v1/net_traffic'))!.id;
+  t.equal(await third.stop(), 0, 'SIGTERM exits 0');
+  const cleaned = runCleanup(env);
+  t.equal(cleaned.code, 0, '--cleanup exits 0');
+  t.notOk(existsSync(root), 'no pin of ours left');
+  t.ok(mapGone(trafficMapId), 'the traffic map is freed: no program of ours references it any more');
+});
+
+for (const mode of ['tcx', 'clsact'] as const) {
+  t.test(`coexistence with a CNI program in ${mode} mode: its verdicts hold, our counts are right, our cleanup leaves it working`, async (t) => {
+    if (!requirePrivileges(t, 'TC programs side by side on real veths')) return;
+    const net = await createTestNetwork();
+    t.teardown(() => net.destroy());
+    const a = await net.addPod({ layout: 'plain' });
+    const b = await net.addPod({ layout: 'plain' });
+    const { root, stateDir } = scratch(t, net.runId);
+    const env = pinsEnv(net, root, stateDir, mode);
+    t.teardown(() => void runCleanup(env));
+
+    // The "CNI" is there first, on the way into pod b.
+    const cni: BpfObject = new (loadAddon().BpfObject)(path.join(bpfObjectDir, 'cni_drop.bpf.o'));
+    t.teardown(() => cni.close());
+    const port = Buffer.alloc(2);
+    port.writeUInt16LE(dropPort);
+    cni.setConst('drop_port', port);
+    cni.load();
+    cni.attachTc('cni_drop_udp_port', ifindexOf(b.hostVeth), 'egress', mode);
+
+    const agent = await startAgent({ env });
+    t.teardown(() => agent.stop());
+    await attached(agent, a);
+    await attached(agent, b);
+    const sentBefore = await udpPackets(agent, a, 'egress');
+    const receivedBefore = await udpPackets(agent, b, 'ingress');
+    const vethBefore = b.vethStats();
+    const counts = await receive(b, [okPort, dropPort], async () => {
+      await send(a, b, okPort, 200);
+      await send(a, b, dropPort, 100);
+    });
+    t.same(counts, { [okPort]: 200, [dropPort]: 0 }, 'the CNI dropped every datagram to its port and passed the others');
+    t.equal((await udpPackets(agent, a, 'egress')) - sentBefore, 300, 'pod a sent 300 datagrams: all counted on its veth');
+    const received = (await udpPackets(agent, b, 'ingress')) - receivedBefore;
+    const vethTx = b.vethStats().txPackets - vethBefore.txPackets;
+    // TCX appends us after the CNI: we see what it passed. A clsact filter added later gets a lower
+    // priority number, so ours runs first and also sees what the CNI then drops.
+    const expected = mode === 'tcx' ? 200 : 300;
+    t.equal(received, expected, `pod b's ingress: ${received} UDP datagrams counted (${mode}: ${expected})`);
+    t.ok(Math.abs(received - (mode === 'tcx' ? vethTx : vethTx + 100)) <= 2, `against the veth: ${vethTx} packets left b's host veth (tolerance 2 for neighbour discovery)`);
+
+    t.equal(await agent.stop(), 0, 'SIGTERM exits 0');
+    const cleaned = runCleanup(env);
+    t.equal(cleaned.code, 0, '--cleanup exits 0');
+    t.notOk(existsSync(root), 'no pin of ours left');
+    if (mode === 'clsact') {
+      const filters = loadAddon().listTcFilters(ifindexOf(b.hostVeth), 'egress');
+      t.same(filters.map((f) => f.programId), cni.programs().map((p) => p.id), 'only the CNI\'s filter is left on b\'s veth');
+      t.same(loadAddon().listTcFilters(ifindexOf(a.hostVeth), 'ingress'), [], 'nothing left on a\'s veth');
+      t.ok(cleaned.logs.some((l) => l.msg === 'removed the clsact qdisc the agent created'), 'the qdisc the agent created on a\'s veth is removed');
+      t.ok(execFileSync('tc', ['qdisc', 'show', 'dev', b.hostVeth], { encoding: 'utf8' }).includes('clsact'), 'the CNI\'s qdisc stays');
+    }
+    const afterCleanup = await receive(b, [okPort, dropPort], async () => {
+      await send(a, b, okPort, 20);
+      await send(a, b, dropPort, 20);
+    });
+    t.same(afterCleanup, { [okPort]: 20, [dropPort]: 0 }, 'after our cleanup the CNI program is still attached and its verdicts hold');
+  });
+}
