@@ -88,8 +88,8 @@ export class NetworkCollector implements Collector {
   private timer: NodeJS.Timeout | undefined;
   /** undefined when pins are off. */
   private readonly pins: ObjectPins | undefined;
-  /** Kernel id of the traffic map: a clsact filter whose program uses it is one of ours, left by an earlier run. */
-  private trafficMapId = 0;
+  /** Kernel ids of our (pinned) maps: a clsact filter whose program uses one is ours, left by an earlier run. */
+  private ownMapIds = new Set<number>();
   /** clsact qdiscs created by this agent or an earlier run, by ifindex (the name guards against a reused index). */
   private readonly createdQdiscs = new Map<number, string>();
   private readonly queue = new SerialQueue();
@@ -156,7 +156,7 @@ export class NetworkCollector implements Collector {
       throw new CollectorUnavailableError(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`);
     }
     this.object = object;
-    this.trafficMapId = object.maps().find((m) => m.name === 'net_traffic')?.id ?? 0;
+    this.ownMapIds = new Set(object.maps().filter((m) => !m.internal).map((m) => m.id));
     const saved = this.pins?.readState<NetworkState>();
     for (const { ifindex, name } of saved?.createdQdiscs ?? []) this.createdQdiscs.set(ifindex, name);
     // The saved final counts belong with the maps they were taken from: fresh maps start every series over.
@@ -471,8 +471,9 @@ export class NetworkCollector implements Collector {
 
   /**
    * What an earlier run left on this hook, taken over so nothing is counted
-   * twice: its pinned TCX link, or its clsact filter (found by the traffic
-   * map its program writes to). Leftovers in the other mode are removed.
+   * twice: its pinned TCX link, or its clsact filter (found by the pinned
+   * maps its program uses; one re-created map still leaves the others).
+   * Leftovers in the other mode, and duplicates, are removed.
    */
   private adoptEarlier(object: BpfObject, link: LinkInfo, direction: TcDirection, mode: TcAttachMode): TcAttachment | undefined {
     const pins = this.pins;
@@ -489,7 +490,7 @@ export class NetworkCollector implements Collector {
       pins.removeLink(linkPinName(link, direction));
     }
     for (const filter of this.ctx.addon.listTcFilters(link.ifindex, direction)) {
-      if (!this.ctx.addon.programById(filter.programId)?.mapIds.includes(this.trafficMapId)) continue;
+      if (!this.ctx.addon.programById(filter.programId)?.mapIds.some((id) => this.ownMapIds.has(id))) continue;
       if (adopted) {
         this.ctx.addon.detachTcFilter(link.ifindex, direction, filter.handle, filter.priority);
         continue;

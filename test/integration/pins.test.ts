@@ -6,7 +6,7 @@
 import t, { type Test } from 'tap';
 import { execFileSync, spawnSync } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, mkdtempSync, rmSync } from 'node:fs';
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmdirSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -16,7 +16,10 @@ import { requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork, type Pod, type TestNetwork } from '../helpers/pods.js';
 import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
 import { parseExposition, sumSamples } from '../helpers/exposition.js';
-import { collect } from '../helpers/proc.js';
+import { collect, execChecked } from '../helpers/proc.js';
+import { compileWorkload } from '../helpers/workload.js';
+import { cgroup2Root } from '../helpers/cgroups.js';
+import { waitFor } from '../helpers/wait.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 const okPort = 40_001;
@@ -113,20 +116,22 @@ function scratch(t: Test, runId: string): { root: string; stateDir: string } {
   return { root, stateDir };
 }
 
-t.test('restart: a SIGKILLed agent loses no count and its counters do not reset; an incompatible layout is re-created; --cleanup removes ours', async (t) => {
+for (const mode of ['tcx', 'clsact'] as const) t.test(`restart in ${mode} mode: a SIGKILLed agent loses no count and its counters do not reset; an incompatible layout is re-created; --cleanup removes ours`, async (t) => {
   if (!requirePrivileges(t, 'pinned maps and links on real veths')) return;
   const net = await createTestNetwork();
   t.teardown(() => net.destroy());
   const a = await net.addPod({ layout: 'plain' });
   const b = await net.addPod({ layout: 'plain' });
   const { root, stateDir } = scratch(t, net.runId);
-  const env = pinsEnv(net, root, stateDir, 'tcx');
+  const env = pinsEnv(net, root, stateDir, mode);
   t.teardown(() => void runCleanup(env));
 
   const first = await startAgent({ env });
   await attached(first, a);
   await attached(first, b);
+  await send(a, b, okPort, 100);
   const before = await udpPackets(first, a, 'egress');
+  t.equal(before, 100, 'the first agent counted the first 100 datagrams');
   const vethBefore = a.vethStats();
   const totalBefore = await allPackets(first, a, 'egress');
 
@@ -159,7 +164,7 @@ t.test('restart: a SIGKILLed agent loses no count and its counters do not reset;
   const recreated = await third.waitForLog((l) => l.msg.includes('incompatible layout') && l.map === 'net_traffic', 'the re-created net_traffic log line');
   t.match(String(recreated.reason), /max entries 65536 pinned, 4096 wanted/, `says why: ${String(recreated.reason)}`);
   const updated = third.logs.filter((l) => /attaching anew|updated in place/.test(l.msg));
-  t.ok(updated.length > 0 && updated.every((l) => l.msg.includes('updated in place')), 'the old TCX links now run the new program (bpf_link_update)', { updated });
+  t.ok(updated.length > 0 && updated.every((l) => l.msg.includes('updated in place')), mode === 'tcx' ? 'the old TCX links now run the new program (bpf_link_update)' : 'the old clsact filters now run the new program (replaced on their handle and priority)', { updated });
   await attached(third, a);
   await send(a, b, okPort, 50);
   await sleep(300);
@@ -171,6 +176,9 @@ t.test('restart: a SIGKILLed agent loses no count and its counters do not reset;
   t.equal(cleaned.code, 0, '--cleanup exits 0');
   t.notOk(existsSync(root), 'no pin of ours left');
   t.ok(mapGone(trafficMapId), 'the traffic map is freed: no program of ours references it any more');
+  for (const pod of [a, b]) {
+    for (const direction of ['ingress', 'egress'] as const) t.same(loadAddon().listTcFilters(ifindexOf(pod.hostVeth), direction), [], `no clsact filter left on ${pod.hostVeth} ${direction}`);
+  }
 });
 
 for (const mode of ['tcx', 'clsact'] as const) {
@@ -232,3 +240,70 @@ for (const mode of ['tcx', 'clsact'] as const) {
     t.same(afterCleanup, { [okPort]: 20, [dropPort]: 0 }, 'after our cleanup the CNI program is still attached and its verdicts hold');
   });
 }
+
+t.test('restart of a tracepoint collector: pinned links keep counting while it is down, and a series holding a gone cgroup\'s final counts does not go backwards', async (t) => {
+  if (!requirePrivileges(t, 'syscalls collector with pins')) return;
+  const binary = await compileWorkload(t, 'getppid', `
+#include <stdlib.h>
+#include <unistd.h>
+#include <sys/syscall.h>
+int main(int argc, char **argv) { long n = atol(argv[1]); for (long i = 0; i < n; i++) syscall(SYS_getppid); return 0; }
+`);
+  const runId = `${process.pid}`;
+  const { root, stateDir } = scratch(t, runId);
+  const env = {
+    ...onlyCollectors('syscalls'),
+    PROBEPILOT_PINS_ENABLED: 'true',
+    PROBEPILOT_PINS_ROOT: root,
+    PROBEPILOT_PINS_STATE_DIR: stateDir,
+    PROBEPILOT_COLLECTORS_SYSCALLS_TRACKED: 'getppid',
+  };
+  t.teardown(() => void runCleanup(env));
+  // A service restarted in place: the same cgroup path with a new cgroup id, so one series fed by two kernel entries.
+  const cgroupDir = path.join(cgroup2Root(), `pp-pins-${runId}`);
+  const cgroupPath = `/${path.basename(cgroupDir)}`;
+  t.teardown(() => existsSync(cgroupDir) && rmdirSync(cgroupDir));
+  const triggerDirs = [1, 2].map((i) => `${cgroupDir}-walk${i}`);
+  t.teardown(() => triggerDirs.forEach((d) => existsSync(d) && rmdirSync(d)));
+  const runIn = (n: number, dir = cgroupDir) => execChecked('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$1" "$2"', dir, binary, String(n)]);
+  // The agent walks the cgroup tree (at most every 2 s) when it meets an id it does not know: a process in a new cgroup makes it walk.
+  const walk = async (agent: AgentProcess, dir: string) => {
+    await sleep(2100);
+    mkdirSync(dir);
+    await runIn(10, dir);
+    await agent.metrics();
+  };
+  const calls = async (agent: AgentProcess) => sumSamples(parseExposition(await agent.metrics()), 'probepilot_syscalls_total', { cgroup: cgroupPath, syscall: 'getppid' });
+  const tolerance = 0.001;
+  const near = (actual: number, expected: number, what: string) =>
+    t.ok(Math.abs(actual - expected) <= expected * tolerance, `${what}: ${actual} counted, ${expected} made (tolerance ${tolerance * 100} %)`);
+
+  const first = await startAgent({ env });
+  mkdirSync(cgroupDir);
+  await runIn(50_000);
+  near(await calls(first), 50_000, 'first cgroup');
+  rmdirSync(cgroupDir);
+  await walk(first, triggerDirs[0]!);
+  // Scrapes until the agent saw the cgroup go: its final counts then live in the series and the state file only.
+  const statePath = path.join(stateDir, 'syscalls.json');
+  await waitFor(async () => (await calls(first), existsSync(statePath) && readFileSync(statePath, 'utf8').includes(cgroupPath)), { timeoutMs: 15_000, what: 'the retired entry saved' });
+  mkdirSync(cgroupDir);
+  // Named before it makes calls: counts seen under no name would stay with the node.
+  await walk(first, triggerDirs[1]!);
+  await runIn(30_000);
+  near(await calls(first), 80_000, 'both cgroups of the same path, one series');
+
+  first.child.kill('SIGKILL');
+  await once(first.child, 'exit');
+  await runIn(20_000); // while no agent runs
+
+  const second = await startAgent({ env });
+  t.teardown(() => second.stop());
+  near(await calls(second), 100_000, 'after the SIGKILL and restart: the retired counts, the live entry, and the calls made while the agent was down');
+  t.same(second.logs.filter((l) => /attaching anew|incompatible layout|updated in place/.test(l.msg)), [], 'links kept, maps reused');
+
+  t.equal(await second.stop(), 0, 'SIGTERM exits 0');
+  t.equal(runCleanup(env).code, 0, '--cleanup exits 0');
+  t.notOk(existsSync(root), 'no pin left');
+  t.notOk(existsSync(statePath), 'no state file left');
+});
