@@ -1,5 +1,6 @@
 // Wires the agent together: host preparation, identity, collectors, the
 // Prometheus exporter and the HTTP server, and takes it all down again.
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { loadAddon, type NativeAddon } from './bpf/addon.js';
 import { ConfigError, type AgentConfig } from './config.js';
@@ -128,7 +129,9 @@ export class Agent {
     await this.grpc?.close();
     await this.server?.close();
     await this.otlp?.stop();
-    const keepRunning = this.config.pins.enabled;
+    // Pins removed under us (probepilot agent --cleanup in the container before an uninstall): leave nothing behind.
+    const keepRunning = this.config.pins.enabled && existsSync(this.config.pins.root);
+    if (this.config.pins.enabled && !keepRunning) this.log.info({ pinRoot: this.config.pins.root }, 'the pins were removed while the agent ran: detaching everything');
     await this.manager?.stop({ keepRunning });
     await this.pods?.stop();
     for (const informer of this.informers) informer.stop();
