@@ -18,6 +18,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "fd.h"
 
 namespace probepilot {
 namespace {
@@ -160,19 +161,29 @@ Napi::Object ParseLink(Napi::Env env, nlmsghdr* message) {
   return link;
 }
 
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) close(fd_);
-  }
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  int get() const { return fd_; }
 
- private:
-  int fd_;
-};
+// Runs a dump request to the end and collects what parse makes of each
+// message of messageType (undefined: left out). A dump the kernel marks as
+// interrupted (the table changed meanwhile) is run again. Returns the
+// kernel's error in *err (0 when done) instead of throwing, so callers can
+// treat some errors as "nothing there".
+Napi::Array DumpAll(Napi::Env env, RouteSocket& socket, nlmsghdr* request, uint16_t messageType,
+                    const std::function<Napi::Value(nlmsghdr*)>& parse, const std::string& what, int* err) {
+  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
+    Napi::Array items = Napi::Array::New(env);
+    bool interrupted = false;
+    *err = socket.Exchange(
+        request,
+        [&](nlmsghdr* message) {
+          if (message->nlmsg_type != messageType) return;
+          Napi::Value item = parse(message);
+          if (!item.IsUndefined()) items.Set(items.Length(), item);
+        },
+        &interrupted);
+    if (*err || !interrupted) return items;
+  }
+  ThrowNative(env, EAGAIN, what + ": the table kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+}
 
 }  // namespace
 
@@ -190,20 +201,14 @@ Napi::Value ListLinks(const Napi::CallbackInfo& info) {
   request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
   request.link.ifi_family = AF_UNSPEC;
 
-  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
-    Napi::Array links = Napi::Array::New(env);
-    bool interrupted = false;
-    const int err = socket.Exchange(
-        &request.header,
-        [&](nlmsghdr* message) {
-          if (message->nlmsg_type == RTM_NEWLINK) links.Set(links.Length(), ParseLink(env, message));
-        },
-        &interrupted);
-    if (err) ThrowNative(env, err, what + ": RTM_GETLINK dump");
-    if (!interrupted) return links;
-  }
-  ThrowNative(env, EAGAIN, what + ": interfaces kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+  int err = 0;
+  Napi::Array links = DumpAll(
+      env, socket, &request.header, RTM_NEWLINK, [&](nlmsghdr* message) { return ParseLink(env, message); }, what, &err);
+  if (err) ThrowNative(env, err, what + ": RTM_GETLINK dump");
+  return links;
 }
+
+namespace {
 
 // One BPF classifier of a clsact hook: where it sits (handle, priority)
 // and which program it runs. Other classifier kinds are left out.
@@ -236,6 +241,8 @@ Napi::Value ParseBpfFilter(Napi::Env env, nlmsghdr* message) {
   return filter;
 }
 
+}  // namespace
+
 Napi::Value ListTcFilters(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint32_t ifindex = Uint32Arg(info, 0, "listTcFilters", "ifindex");
@@ -257,23 +264,13 @@ Napi::Value ListTcFilters(const Napi::CallbackInfo& info) {
   request.filter.tcm_ifindex = static_cast<int>(ifindex);
   request.filter.tcm_parent = TC_H_MAKE(TC_H_CLSACT, direction == "ingress" ? TC_H_MIN_INGRESS : TC_H_MIN_EGRESS);
 
-  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
-    Napi::Array filters = Napi::Array::New(env);
-    bool interrupted = false;
-    const int err = socket.Exchange(
-        &request.header,
-        [&](nlmsghdr* message) {
-          if (message->nlmsg_type != RTM_NEWTFILTER) return;
-          Napi::Value filter = ParseBpfFilter(env, message);
-          if (!filter.IsUndefined()) filters.Set(filters.Length(), filter);
-        },
-        &interrupted);
-    // No clsact qdisc (or no such interface): no filters.
-    if (err == EINVAL || err == ENOENT || err == ENODEV) return Napi::Array::New(env);
-    if (err) ThrowNative(env, err, what + ": RTM_GETTFILTER dump");
-    if (!interrupted) return filters;
-  }
-  ThrowNative(env, EAGAIN, what + ": filters kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+  int err = 0;
+  Napi::Array filters = DumpAll(
+      env, socket, &request.header, RTM_NEWTFILTER, [&](nlmsghdr* message) { return ParseBpfFilter(env, message); }, what, &err);
+  // No clsact qdisc (or no such interface): no filters.
+  if (err == EINVAL || err == ENOENT || err == ENODEV) return Napi::Array::New(env);
+  if (err) ThrowNative(env, err, what + ": RTM_GETTFILTER dump");
+  return filters;
 }
 
 Napi::Value NetnsId(const Napi::CallbackInfo& info) {

@@ -15,6 +15,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "fd.h"
 #include "object.h"
 
 namespace probepilot {
@@ -23,26 +24,6 @@ namespace {
 // BPF_LINK_TYPE_TCX, newer than Debian's libbpf 1.1 uapi headers.
 constexpr uint32_t kBpfLinkTypeTcx = 11;
 
-class Fd {
- public:
-  explicit Fd(int fd) : fd_(fd) {}
-  ~Fd() {
-    if (fd_ >= 0) close(fd_);
-  }
-  Fd(const Fd&) = delete;
-  Fd& operator=(const Fd&) = delete;
-  Fd(Fd&& other) noexcept : fd_(other.release()) {}
-  Fd& operator=(Fd&&) = delete;
-  int get() const { return fd_; }
-  int release() {
-    const int fd = fd_;
-    fd_ = -1;
-    return fd;
-  }
-
- private:
-  int fd_;
-};
 
 struct ProgramIdentity {
   bpf_prog_info info{};
@@ -94,6 +75,34 @@ Napi::Object MapInfoObject(Napi::Env env, const bpf_map_info& info) {
   return result;
 }
 
+// The clsact hook named by JS arguments (ifindex, direction) at index, index + 1.
+bpf_tc_hook HookArgs(const Napi::CallbackInfo& info, size_t index, const char* method) {
+  const uint32_t ifindex = Uint32Arg(info, index, method, "ifindex");
+  const std::string direction = StringArg(info, index + 1, method, "direction");
+  if (direction != "ingress" && direction != "egress") {
+    ThrowTypeError(info.Env(), std::string(method) + ": direction must be 'ingress' or 'egress'");
+  }
+  bpf_tc_hook hook{};
+  hook.sz = sizeof(hook);
+  hook.ifindex = static_cast<int>(ifindex);
+  hook.attach_point = direction == "ingress" ? BPF_TC_INGRESS : BPF_TC_EGRESS;
+  return hook;
+}
+
+// A filter's place on its hook (handle, priority) from JS arguments at index, index + 1.
+bpf_tc_opts SlotArgs(const Napi::CallbackInfo& info, size_t index, const char* method) {
+  bpf_tc_opts opts{};
+  opts.sz = sizeof(opts);
+  opts.handle = Uint32Arg(info, index, method, "handle");
+  opts.priority = Uint32Arg(info, index + 1, method, "priority");
+  return opts;
+}
+
+std::string HookName(const bpf_tc_hook& hook, const bpf_tc_opts& slot) {
+  return "ifindex " + std::to_string(hook.ifindex) + ", " + (hook.attach_point == BPF_TC_INGRESS ? "ingress" : "egress") +
+         ", handle " + std::to_string(slot.handle) + ", priority " + std::to_string(slot.priority);
+}
+
 }  // namespace
 
 std::string HexTag(const bpf_prog_info& info) {
@@ -109,7 +118,7 @@ std::string HexTag(const bpf_prog_info& info) {
 std::string ProgramDifference(int ourFd, uint32_t theirId) {
   ProgramIdentity ours;
   if (const int err = ReadProgram(ourFd, ours)) return "cannot read our program: " + ErrnoCode(err);
-  const Fd theirFd(bpf_prog_get_fd_by_id(theirId));
+  const FileDescriptor theirFd(bpf_prog_get_fd_by_id(theirId));
   if (theirFd.get() < 0) return "program " + std::to_string(theirId) + " is gone: " + ErrnoCode(errno);
   ProgramIdentity theirs;
   if (const int err = ReadProgram(theirFd.get(), theirs)) return "cannot read program " + std::to_string(theirId) + ": " + ErrnoCode(err);
@@ -119,7 +128,7 @@ std::string ProgramDifference(int ourFd, uint32_t theirId) {
   // The tag leaves map references out: the old program must also use our
   // maps (pins reused), and read-only data (.rodata: configuration) equal to ours.
   std::map<std::string, int> ourMaps;  // kernel name -> fd, for maps not shared
-  std::vector<Fd> ourFds;
+  std::vector<FileDescriptor> ourFds;
   ourFds.reserve(ours.mapIds.size());  // the map above holds their fds: no reallocation
   for (uint32_t id : ours.mapIds) {
     ourFds.emplace_back(bpf_map_get_fd_by_id(id));
@@ -130,7 +139,7 @@ std::string ProgramDifference(int ourFd, uint32_t theirId) {
   }
   for (uint32_t id : theirs.mapIds) {
     if (std::find(ours.mapIds.begin(), ours.mapIds.end(), id) != ours.mapIds.end()) continue;
-    const Fd mapFd(bpf_map_get_fd_by_id(id));
+    const FileDescriptor mapFd(bpf_map_get_fd_by_id(id));
     bpf_map_info info;
     if (mapFd.get() < 0 || ReadMapInfo(mapFd.get(), info) != 0) return "cannot read its map " + std::to_string(id);
     const std::string name(info.name, strnlen(info.name, sizeof(info.name)));
@@ -151,7 +160,7 @@ Napi::Value PinnedMapInfo(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string pinPath = StringArg(info, 0, "pinnedMapInfo", "pinPath");
   const std::string what = "pinnedMapInfo(" + Quoted(pinPath) + ")";
-  Fd fd(bpf_obj_get(pinPath.c_str()));
+  FileDescriptor fd(bpf_obj_get(pinPath.c_str()));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) return env.Null();
@@ -166,7 +175,7 @@ Napi::Value ProgramById(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const uint32_t id = Uint32Arg(info, 0, "programById", "id");
   const std::string what = "programById(" + std::to_string(id) + ")";
-  Fd fd(bpf_prog_get_fd_by_id(id));
+  FileDescriptor fd(bpf_prog_get_fd_by_id(id));
   if (fd.get() < 0) {
     const int err = errno;
     if (err == ENOENT) return env.Null();
@@ -198,25 +207,10 @@ void RemoveClsact(const Napi::CallbackInfo& info) {
 }
 
 void DetachTcFilter(const Napi::CallbackInfo& info) {
-  Napi::Env env = info.Env();
-  const uint32_t ifindex = Uint32Arg(info, 0, "detachTcFilter", "ifindex");
-  const std::string direction = StringArg(info, 1, "detachTcFilter", "direction");
-  const uint32_t handle = Uint32Arg(info, 2, "detachTcFilter", "handle");
-  const uint32_t priority = Uint32Arg(info, 3, "detachTcFilter", "priority");
-  if (direction != "ingress" && direction != "egress") ThrowTypeError(env, "detachTcFilter: direction must be 'ingress' or 'egress'");
-  bpf_tc_hook hook{};
-  hook.sz = sizeof(hook);
-  hook.ifindex = static_cast<int>(ifindex);
-  hook.attach_point = direction == "ingress" ? BPF_TC_INGRESS : BPF_TC_EGRESS;
-  bpf_tc_opts opts{};
-  opts.sz = sizeof(opts);
-  opts.handle = handle;
-  opts.priority = priority;
-  const int rc = bpf_tc_detach(&hook, &opts);
-  if (rc < 0 && rc != -ENOENT && rc != -ENODEV) {
-    ThrowNative(env, -rc, "detachTcFilter(ifindex " + std::to_string(ifindex) + ", " + direction + ", handle " +
-                              std::to_string(handle) + ", priority " + std::to_string(priority) + ")");
-  }
+  const bpf_tc_hook hook = HookArgs(info, 0, "detachTcFilter");
+  bpf_tc_opts slot = SlotArgs(info, 2, "detachTcFilter");
+  const int rc = bpf_tc_detach(&hook, &slot);
+  if (rc < 0 && rc != -ENOENT && rc != -ENODEV) ThrowNative(info.Env(), -rc, "detachTcFilter(" + HookName(hook, slot) + ")");
 }
 
 // adoptLink(program, pinPath): the link pinned at pinPath, taken over for
@@ -233,7 +227,7 @@ Napi::Value BpfObjectWrap::AdoptLink(const Napi::CallbackInfo& info) {
   const int programFd = bpf_program__fd(FindProgram(env, name, what));
   Napi::Object result = Napi::Object::New(env);
 
-  Fd linkFd(bpf_obj_get(pinPath.c_str()));
+  FileDescriptor linkFd(bpf_obj_get(pinPath.c_str()));
   if (linkFd.get() < 0) {
     const int err = errno;
     if (err != ENOENT) ThrowNative(env, err, what);
@@ -290,42 +284,26 @@ Napi::Value BpfObjectWrap::AdoptLink(const Napi::CallbackInfo& info) {
 Napi::Value BpfObjectWrap::AdoptTcFilter(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const std::string name = StringArg(info, 0, "adoptTcFilter", "program");
-  const uint32_t ifindex = Uint32Arg(info, 1, "adoptTcFilter", "ifindex");
-  const std::string direction = StringArg(info, 2, "adoptTcFilter", "direction");
-  const uint32_t handle = Uint32Arg(info, 3, "adoptTcFilter", "handle");
-  const uint32_t priority = Uint32Arg(info, 4, "adoptTcFilter", "priority");
-  if (direction != "ingress" && direction != "egress") ThrowTypeError(env, "adoptTcFilter: direction must be 'ingress' or 'egress'");
-  const std::string what = "adoptTcFilter(program " + Quoted(name) + ", ifindex " + std::to_string(ifindex) + ", " +
-                           direction + ", handle " + std::to_string(handle) + ", priority " + std::to_string(priority) + ")";
+  bpf_tc_hook hook = HookArgs(info, 1, "adoptTcFilter");
+  bpf_tc_opts opts = SlotArgs(info, 3, "adoptTcFilter");
+  const std::string what = "adoptTcFilter(program " + Quoted(name) + ", " + HookName(hook, opts) + ")";
   BeginLoaded(env, what);
   const int programFd = bpf_program__fd(FindProgram(env, name, what));
-
-  bpf_tc_hook hook{};
-  hook.sz = sizeof(hook);
-  hook.ifindex = static_cast<int>(ifindex);
-  hook.attach_point = direction == "ingress" ? BPF_TC_INGRESS : BPF_TC_EGRESS;
-  bpf_tc_opts opts{};
-  opts.sz = sizeof(opts);
-  opts.handle = handle;
-  opts.priority = priority;
   int rc = bpf_tc_query(&hook, &opts);
   if (rc < 0) ThrowNative(env, -rc, what);
   const std::string reason = ProgramDifference(programFd, opts.prog_id);
   if (!reason.empty()) {
-    bpf_tc_opts replace{};
-    replace.sz = sizeof(replace);
-    replace.handle = handle;
-    replace.priority = priority;
+    bpf_tc_opts replace = SlotArgs(info, 3, "adoptTcFilter");
     replace.prog_fd = programFd;
     replace.flags = BPF_TC_F_REPLACE;
     rc = bpf_tc_attach(&hook, &replace);
     if (rc < 0) ThrowNative(env, -rc, what + ": replace");
   }
   Attachment attachment{Attachment::Kind::ClsactFilter, what};
-  attachment.ifindex = static_cast<int>(ifindex);
+  attachment.ifindex = hook.ifindex;
   attachment.hook = hook.attach_point;
-  attachment.handle = handle;
-  attachment.priority = priority;
+  attachment.handle = opts.handle;
+  attachment.priority = opts.priority;
   Napi::Object result = Napi::Object::New(env);
   result.Set("outcome", reason.empty() ? "kept" : "updated");
   if (!reason.empty()) result.Set("reason", reason);

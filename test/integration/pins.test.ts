@@ -116,8 +116,8 @@ function scratch(t: Test, runId: string): { root: string; stateDir: string } {
   return { root, stateDir };
 }
 
-for (const mode of ['tcx', 'clsact'] as const) t.test(`restart in ${mode} mode: a SIGKILLed agent loses no count and its counters do not reset; an incompatible layout is re-created; --cleanup removes ours`, async (t) => {
-  if (!requirePrivileges(t, 'pinned maps and links on real veths')) return;
+/** Two pods on a test network and the environment of a network-only agent with its own pin root and state directory, cleaned up after the test. */
+async function twoPodsWithPins(t: Test, mode: TcAttachMode) {
   const net = await createTestNetwork();
   t.teardown(() => net.destroy());
   const a = await net.addPod({ layout: 'plain' });
@@ -125,6 +125,12 @@ for (const mode of ['tcx', 'clsact'] as const) t.test(`restart in ${mode} mode: 
   const { root, stateDir } = scratch(t, net.runId);
   const env = pinsEnv(net, root, stateDir, mode);
   t.teardown(() => void runCleanup(env));
+  return { a, b, root, env };
+}
+
+for (const mode of ['tcx', 'clsact'] as const) t.test(`restart in ${mode} mode: a SIGKILLed agent loses no count and its counters do not reset; an incompatible layout is re-created; --cleanup removes ours`, async (t) => {
+  if (!requirePrivileges(t, 'pinned maps and links on real veths')) return;
+  const { a, b, root, env } = await twoPodsWithPins(t, mode);
 
   const first = await startAgent({ env });
   await attached(first, a);
@@ -184,13 +190,7 @@ for (const mode of ['tcx', 'clsact'] as const) t.test(`restart in ${mode} mode: 
 for (const mode of ['tcx', 'clsact'] as const) {
   t.test(`coexistence with a CNI program in ${mode} mode: its verdicts hold, our counts are right, our cleanup leaves it working`, async (t) => {
     if (!requirePrivileges(t, 'TC programs side by side on real veths')) return;
-    const net = await createTestNetwork();
-    t.teardown(() => net.destroy());
-    const a = await net.addPod({ layout: 'plain' });
-    const b = await net.addPod({ layout: 'plain' });
-    const { root, stateDir } = scratch(t, net.runId);
-    const env = pinsEnv(net, root, stateDir, mode);
-    t.teardown(() => void runCleanup(env));
+    const { a, b, root, env } = await twoPodsWithPins(t, mode);
 
     // The "CNI" is there first, on the way into pod b.
     const cni: BpfObject = new (loadAddon().BpfObject)(path.join(bpfObjectDir, 'cni_drop.bpf.o'));
