@@ -4,6 +4,7 @@
 // entries the agent deleted). A restarted agent reuses compatible map pins
 // (its counters continue), adopts the links (programs kept counting while it
 // was down), and reads the state back.
+import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
 import path from 'node:path';
 import type { Logger } from '../log.js';
@@ -12,7 +13,8 @@ import type { BpfObject, MapInfo, NativeAddon, PinnedMapInfo } from './addon.js'
 
 /**
  * Layout version of each object's maps, part of the pin directory
- * (maps-v<N>). The kernel checks what it can see of a reused map — type, key
+ * (maps-v<N>, plus a hash of the configuration that gives keys their
+ * meaning when a collector has such: see ObjectPins). The kernel checks what it can see of a reused map — type, key
  * and value size, max entries, flags — but not what the bytes mean: bump an
  * object's version when a key or value struct changes meaning at the same
  * size (fields reordered, a unit changed), and its old pins are re-created.
@@ -27,7 +29,7 @@ const layoutVersions: Readonly<Record<string, number>> = {
   'process.bpf.o': 1,
 };
 
-const mapsDirPattern = /^maps-v(\d+)$/;
+const mapsDirPrefix = 'maps-v';
 
 /** Why a pinned map cannot serve as the object's map; "" when it can. */
 export function layoutMismatch(wanted: MapInfo, pinned: PinnedMapInfo): string {
@@ -57,11 +59,14 @@ export class ObjectPins {
     private readonly log: Logger,
     settings: AgentConfig['pins'],
     objectFile: string,
+    /** Configuration that gives map keys their meaning (e.g. which syscall each slot is): part of the layout. */
+    layoutDetail = '',
   ) {
     const name = objectFile.replace(/\.bpf\.o$/, '');
     this.layoutVersion = layoutVersions[objectFile] ?? 1;
     this.dir = path.join(settings.root, name);
-    this.mapsDir = path.join(this.dir, `maps-v${this.layoutVersion}`);
+    const detail = layoutDetail ? `-${createHash('sha256').update(layoutDetail).digest('hex').slice(0, 12)}` : '';
+    this.mapsDir = path.join(this.dir, `${mapsDirPrefix}${this.layoutVersion}${detail}`);
     this.linksDir = path.join(this.dir, 'links');
     this.statePath = path.join(settings.stateDir, `${name}.json`);
   }
@@ -74,11 +79,11 @@ export class ObjectPins {
    */
   pinMaps(object: BpfObject): boolean {
     mkdirSync(this.mapsDir, { recursive: true });
+    const current = path.basename(this.mapsDir);
     for (const entry of readdirSync(this.dir)) {
-      const match = mapsDirPattern.exec(entry);
-      if (!match || entry === path.basename(this.mapsDir)) continue;
+      if (!entry.startsWith(mapsDirPrefix) || entry === current) continue;
       for (const map of readdirSync(path.join(this.dir, entry))) {
-        this.log.warn({ map, pinPath: path.join(this.dir, entry, map), reason: `layout version ${match[1]} pinned, ${this.layoutVersion} wanted` }, 'pinned map has an incompatible layout; re-created (its counts start over)');
+        this.log.warn({ map, pinPath: path.join(this.dir, entry, map), reason: `layout ${entry} pinned, ${current} wanted` }, 'pinned map has an incompatible layout; re-created (its counts start over)');
       }
       rmSync(path.join(this.dir, entry), { recursive: true, force: true });
     }

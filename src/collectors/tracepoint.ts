@@ -78,6 +78,8 @@ export interface TracepointCollectorSpec {
   views: readonly MapView[];
   /** Map sizes, .rodata settings: before load. */
   beforeLoad?: (object: BpfObject) => void;
+  /** Configuration that gives the map keys their meaning (e.g. the syscall of each slot): maps pinned under another are re-created. */
+  pinLayout?: string;
   /** What the collector's events are, read from its series as of the last collection. */
   eventsProcessed?: (families: readonly MetricFamily[]) => number;
 }
@@ -138,7 +140,7 @@ export class TracepointCollector implements Collector {
       };
     });
     this.families = this.views.flatMap((v) => v.families.map((f) => f.descriptor));
-    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, spec.object);
+    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, spec.object, spec.pinLayout);
   }
 
   async start(): Promise<void> {

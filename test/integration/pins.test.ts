@@ -302,7 +302,19 @@ int main(int argc, char **argv) { long n = atol(argv[1]); for (long i = 0; i < n
   near(await calls(second), 100_000, 'after the SIGKILL and restart: the retired counts, the live entry, and the calls made while the agent was down');
   t.same(second.logs.filter((l) => /attaching anew|incompatible layout|updated in place/.test(l.msg)), [], 'links kept, maps reused');
 
+  // Another tracked list changes what the key slots mean (a new layout) and the programs' read-only data;
+  // raw tracepoint links cannot be updated in place, so they are replaced with a warning.
   t.equal(await second.stop(), 0, 'SIGTERM exits 0');
+  const third = await startAgent({ env: { ...env, PROBEPILOT_COLLECTORS_SYSCALLS_TRACKED: 'getppid,close' } });
+  t.teardown(() => third.stop());
+  const recreated = await third.waitForLog((l) => l.msg.includes('incompatible layout') && l.map === 'syscall_stats', 'the re-created syscall map');
+  t.match(String(recreated.reason), /^layout maps-v1-\w+ pinned, maps-v1-\w+ wanted$/, `says why: ${String(recreated.reason)}`);
+  const replaced = third.logs.filter((l) => l.msg.startsWith('pinned link cannot be updated in place'));
+  t.ok(replaced.length > 0 && replaced.every((l) => /not ours|read-only data/.test(String(l.reason))), 'the old raw tracepoint links were replaced, saying why', { replaced });
+  await runIn(5_000);
+  near(await calls(third), 5_000, 'the new layout counts from zero, once');
+
+  t.equal(await third.stop(), 0, 'SIGTERM exits 0');
   t.equal(runCleanup(env).code, 0, '--cleanup exits 0');
   t.notOk(existsSync(root), 'no pin left');
   t.notOk(existsSync(statePath), 'no state file left');
