@@ -42,6 +42,13 @@ function pinnedMapIds(addon: NativeAddon, root: string): Set<number> {
   return ids;
 }
 
+/** Removes an interface's clsact qdisc once no filter of anyone hangs off it; returns whether it did. */
+export function removeClsactIfEmpty(addon: NativeAddon, ifindex: number): boolean {
+  if (directions.some((d) => addon.listTcFilters(ifindex, d).length > 0)) return false;
+  addon.removeClsact(ifindex);
+  return true;
+}
+
 export function cleanup(settings: AgentConfig['pins'], addon: NativeAddon, log: Logger): CleanupReport {
   const report: CleanupReport = { objects: [], filters: 0, qdiscs: 0 };
   const ours = pinnedMapIds(addon, settings.root);
@@ -62,8 +69,7 @@ export function cleanup(settings: AgentConfig['pins'], addon: NativeAddon, log: 
   for (const { ifindex, name } of network?.createdQdiscs ?? []) {
     // Only our own qdisc, and only once nobody else's filter hangs off it.
     const link = links.find((l) => l.ifindex === ifindex && l.name === name);
-    if (!link || directions.some((d) => addon.listTcFilters(ifindex, d).length > 0)) continue;
-    addon.removeClsact(ifindex);
+    if (!link || !removeClsactIfEmpty(addon, ifindex)) continue;
     report.qdiscs++;
     log.info({ interface: name }, 'removed the clsact qdisc the agent created');
   }

@@ -25,6 +25,7 @@ import {
   type TrafficEntry,
 } from './network-decode.js';
 import { PeerDirectory, peerLabelNames } from './network-peers.js';
+import { removeClsactIfEmpty } from '../cleanup.js';
 
 /** Pin name of an interface's TCX link: the index alone could be reused by a new interface. */
 function linkPinName(link: Pick<LinkInfo, 'name' | 'ifindex'>, direction: TcDirection): string {
@@ -190,8 +191,21 @@ export class NetworkCollector implements Collector {
       this.interfaces.clear();
       object.close();
       this.object = undefined;
-      if (keepRunning) this.saveState();
-      else this.pins?.remove();
+      if (keepRunning && this.pins) {
+        this.saveState();
+        return;
+      }
+      this.pins?.remove();
+      if (!this.pins) return;
+      // Leaving for good: the clsact qdiscs we created go too, unless someone else's filter uses them.
+      for (const [ifindex, name] of this.createdQdiscs) {
+        try {
+          if (removeClsactIfEmpty(this.ctx.addon, ifindex)) this.log.info({ interface: name }, 'removed the clsact qdisc the agent created');
+        } catch (err) {
+          this.log.warn({ interface: name, err: describeError(err) }, 'cannot remove the clsact qdisc the agent created');
+        }
+      }
+      this.createdQdiscs.clear();
     });
   }
 
