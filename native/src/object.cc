@@ -9,7 +9,6 @@
 #include "args.h"
 #include "libbpf_log.h"
 #include "maps.h"
-#include "pins.h"
 
 namespace probepilot {
 
@@ -203,7 +202,6 @@ Napi::Value BpfObjectWrap::Programs(const Napi::CallbackInfo& info) {
     entry.Set("name", bpf_program__name(program));
     entry.Set("section", bpf_program__section_name(program));
     entry.Set("id", static_cast<double>(stats.id));
-    entry.Set("tag", fd >= 0 ? HexTag(stats) : std::string());
     entry.Set("runCount", static_cast<double>(stats.run_cnt));
     entry.Set("runTimeNs", static_cast<double>(stats.run_time_ns));
     result.Set(result.Length(), entry);

@@ -70,8 +70,6 @@ export interface ProgramInfo {
   section: string;
   /** Kernel program id (0 before load). */
   id: number;
-  /** Hash of its instructions, hex ("" before load). */
-  tag: string;
   /** Counted only while BPF run-time statistics are enabled. */
   runCount: number;
   runTimeNs: number;

@@ -68,7 +68,11 @@ export async function startAgent({ args = [], env = {}, waitReady = true }: Star
       { timeoutMs, what },
     );
 
-  const listening = await waitForLog((l) => l.msg === 'listening', 'the agent to listen');
+  // An agent that did not come up is no one's to stop: kill it here rather than leave it running.
+  const listening = await waitForLog((l) => l.msg === 'listening', 'the agent to listen').catch((err: unknown) => {
+    child.kill('SIGKILL');
+    throw err;
+  });
   const port = Number(new URL(String(listening.address)).port);
   const url = `http://127.0.0.1:${port}`;
   let stopped: Promise<number | null> | undefined;

@@ -21,6 +21,9 @@ import { compileWorkload } from '../helpers/workload.js';
 import { cgroup2Root } from '../helpers/cgroups.js';
 import { waitFor } from '../helpers/wait.js';
 
+// Five agents' lifetimes per case on real veths: longer than the suite's default per file on a loaded machine.
+t.setTimeout(900_000);
+
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
 const okPort = 40_001;
 const dropPort = 40_002;
