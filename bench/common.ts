@@ -58,8 +58,9 @@ export function nsPerRun(before: { runs: number; timeNs: number }, after: { runs
   return (after.timeNs - before.timeNs) / (after.runs - before.runs);
 }
 
-/** The context the agent gives collectors, on its defaults plus `file` (config file content). */
+/** The context the agent gives collectors, on its defaults plus `file` (config file content), pins off: a benchmark must neither reuse nor leave a running agent's state. */
 export function collectorContext(addon: NativeAddon, file: unknown = {}): CollectorContext {
   const identity = new StandaloneIdentity(new CgroupPaths(findCgroup2Mount() ?? '/nonexistent'), new NetnsWorkloads((p) => addon.netnsId(p)));
-  return { config: resolveConfig({ file }), log: createLogger('warn'), addon, identity };
+  const config = resolveConfig({ file });
+  return { config: { ...config, pins: { ...config.pins, enabled: false } }, log: createLogger('warn'), addon, identity };
 }

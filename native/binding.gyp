@@ -14,6 +14,7 @@
         "src/netlink.cc",
         "src/nvml.cc",
         "src/object.cc",
+        "src/pins.cc",
         "src/ringbuf.cc",
         "src/stats.cc"
       ],

@@ -1,5 +1,6 @@
 // Wires the agent together: host preparation, identity, collectors, the
 // Prometheus exporter and the HTTP server, and takes it all down again.
+import { existsSync } from 'node:fs';
 import os from 'node:os';
 import { loadAddon, type NativeAddon } from './bpf/addon.js';
 import { ConfigError, type AgentConfig } from './config.js';
@@ -142,12 +143,15 @@ export class Agent {
     await this.server?.close();
     await this.pipeline?.stop();
     await this.otlp?.stop();
-    await this.manager?.stop();
+    // Pins removed under us (probepilot agent --cleanup in the container before an uninstall): leave nothing behind.
+    const keepRunning = this.config.pins.enabled && existsSync(this.config.pins.root);
+    if (this.config.pins.enabled && !keepRunning) this.log.info({ pinRoot: this.config.pins.root }, 'the pins were removed while the agent ran: detaching everything');
+    await this.manager?.stop({ keepRunning });
     await this.pods?.stop();
     for (const informer of this.informers) informer.stop();
     if (this.statsHandle !== undefined) this.addon?.disableStats(this.statsHandle);
     this.statsHandle = undefined;
-    this.log.info('stopped; all programs detached');
+    this.log.info({ keepRunning, pinRoot: keepRunning ? this.config.pins.root : null }, keepRunning ? 'stopped; programs keep counting through their pins until the next start (probepilot agent --cleanup removes them)' : 'stopped; all programs detached');
   }
 
   /** Standalone by default; in Kubernetes mode the pods of this node are listed before collectors start, so first scrapes carry pod labels. */

@@ -1,7 +1,7 @@
 #!/usr/bin/env node
-// probepilot: the agent (`probepilot agent`) and the commands an operator
-// runs against it (status, flows, top, collectors, reload, trace syscall/network;
-// doctor checks the host).
+// probepilot: the agent (`probepilot agent`, `--cleanup` to remove what it
+// leaves running) and the commands an operator runs against it (status,
+// flows, top, collectors, reload, trace syscall/network; doctor checks the host).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
@@ -20,7 +20,8 @@ program
   .option('--grpc-listen <host:port>', 'address of the gRPC API (default: none, env PROBEPILOT_GRPC_LISTEN)')
   .option('--config <file>', 'YAML or JSON config file (env PROBEPILOT_CONFIG)')
   .addOption(new Option('--log-level <level>', 'log level (env PROBEPILOT_LOG_LEVEL)').choices(logLevels))
-  .action(async (options: { listen?: string; grpcListen?: string; config?: string; logLevel?: string }) => {
+  .option('--cleanup', 'remove what a stopped agent leaves running (pins, links, programs, its clsact filters and qdiscs) and exit')
+  .action(async (options: { listen?: string; grpcListen?: string; config?: string; logLevel?: string; cleanup?: boolean }) => {
     const flags: Record<string, string> = {};
     if (options.listen !== undefined) flags.listen = options.listen;
     if (options.grpcListen !== undefined) flags.grpcListen = options.grpcListen;
@@ -29,6 +30,12 @@ program
     const readConfig = () => resolveConfig({ file: configFile ? readConfigFile(configFile) : undefined, env: process.env, flags });
     const config = readConfig();
     const log = createLogger(config.logLevel);
+    if (options.cleanup) {
+      const [{ cleanup }, { loadAddon }] = await Promise.all([import('./cleanup.js'), import('./bpf/addon.js')]);
+      const report = cleanup(config.pins, loadAddon(), log);
+      log.info({ ...report, pinRoot: config.pins.root }, 'cleanup done');
+      return;
+    }
     // Loaded here: the client commands start fast without the agent's modules (BPF, OpenTelemetry, Kubernetes).
     const { Agent } = await import('./agent.js');
     const agent = new Agent(config, log, readConfig);

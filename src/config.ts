@@ -43,6 +43,11 @@ export interface AgentConfig {
   seriesGraceSeconds: number;
   seriesLimit: number;
   collectionMaxAgeSeconds: number;
+  pins: {
+    enabled: boolean;
+    root: string;
+    stateDir: string;
+  };
   otlp: {
     endpoint: string;
     intervalSeconds: number;
@@ -175,6 +180,19 @@ export const schema = {
     max: 60,
     default: 1,
     doc: 'API queries (flows) answer from the last collection while it is at most this old, else share the one under way or start one; 0: a collection per query (still shared with the readers already waiting). Scrapes and OTLP pushes always get a fresh one.',
+  },
+  pins: {
+    enabled: {
+      kind: 'boolean',
+      default: true,
+      doc: 'Pin maps and links in bpffs so counters continue across agent restarts and programs keep counting while the agent is down (see "Restarts and pins"); off: everything is detached at stop.',
+    },
+    root: { kind: 'string', default: '/sys/fs/bpf/probepilot', doc: 'bpffs directory of the pins (one subdirectory per BPF object); probepilot agent --cleanup removes it.' },
+    stateDir: {
+      kind: 'string',
+      default: '/var/lib/probepilot',
+      doc: 'Directory (on the host, to outlive the container) for what bpffs cannot hold: the final counts of retired kernel entries and the clsact qdiscs the agent created.',
+    },
   },
   otlp: {
     endpoint: {

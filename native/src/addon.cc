@@ -7,6 +7,7 @@
 #include "netlink.h"
 #include "nvml.h"
 #include "object.h"
+#include "pins.h"
 #include "ringbuf.h"
 #include "stats.h"
 
@@ -22,6 +23,11 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   exports.Set("disableStats", Napi::Function::New<DisableStats>(env, "disableStats"));
   exports.Set("listLinks", Napi::Function::New<ListLinks>(env, "listLinks"));
   exports.Set("netnsId", Napi::Function::New<NetnsId>(env, "netnsId"));
+  exports.Set("listTcFilters", Napi::Function::New<ListTcFilters>(env, "listTcFilters"));
+  exports.Set("pinnedMapInfo", Napi::Function::New<PinnedMapInfo>(env, "pinnedMapInfo"));
+  exports.Set("programById", Napi::Function::New<ProgramById>(env, "programById"));
+  exports.Set("detachTcFilter", Napi::Function::New<DetachTcFilter>(env, "detachTcFilter"));
+  exports.Set("removeClsact", Napi::Function::New<RemoveClsact>(env, "removeClsact"));
   exports.Set("btfEnum", Napi::Function::New<BtfEnum>(env, "btfEnum"));
   InitNvml(env, exports);
   InitDcgm(env, exports);

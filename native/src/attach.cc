@@ -55,9 +55,9 @@ void CloseLink(Attachment& attachment) {
     bpf_link__destroy(attachment.link);
     attachment.link = nullptr;
   }
-  if (attachment.tcxFd >= 0) {
-    close(attachment.tcxFd);
-    attachment.tcxFd = -1;
+  if (attachment.linkFd >= 0) {
+    close(attachment.linkFd);
+    attachment.linkFd = -1;
   }
 }
 
@@ -79,7 +79,7 @@ std::string ModeArg(const Napi::CallbackInfo& info, size_t index) {
 
 int Attachment::LinkFd() const {
   if (link) return bpf_link__fd(link);
-  return tcxFd;
+  return linkFd;
 }
 
 int DetachAttachment(Attachment& attachment) {
@@ -139,7 +139,7 @@ Napi::Value BpfObjectWrap::AttachTc(const Napi::CallbackInfo& info) {
       const int err = errno;
       ThrowNative(env, err, what);
     }
-    attachment.tcxFd = fd;
+    attachment.linkFd = fd;
   } else {
     bpf_tc_hook hook = TcHook(static_cast<int>(ifindex), ingress ? BPF_TC_INGRESS : BPF_TC_EGRESS);
     const int created = bpf_tc_hook_create(&hook);
@@ -156,11 +156,14 @@ Napi::Value BpfObjectWrap::AttachTc(const Napi::CallbackInfo& info) {
     attachment.hook = hook.attach_point;
     attachment.handle = opts.handle;
     attachment.priority = opts.priority;
+    attachment.createdQdisc = created == 0;
   }
+  const bool createdQdisc = attachment.createdQdisc;
 
   Napi::Object result = Napi::Object::New(env);
   result.Set("id", static_cast<double>(AddAttachment(std::move(attachment))));
   result.Set("mode", mode);
+  result.Set("createdQdisc", createdQdisc);
   return result;
 }
 

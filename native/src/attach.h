@@ -10,7 +10,7 @@
 namespace probepilot {
 
 struct Attachment {
-  enum class Kind { LibbpfLink, TcxLink, ClsactFilter };
+  enum class Kind { LibbpfLink, TcxLink, AdoptedLink, ClsactFilter };
 
   Attachment(Kind kind, std::string description) : kind(kind), description(std::move(description)) {}
 
@@ -18,7 +18,9 @@ struct Attachment {
   std::string description;  // the attach call, for messages: "attachTc(program 'x', ifindex 3, ingress, tcx)"
 
   bpf_link* link = nullptr;  // LibbpfLink
-  int tcxFd = -1;            // TcxLink: libbpf 1.1 cannot wrap a TCX link fd in a bpf_link
+  // TcxLink: libbpf 1.1 cannot wrap a TCX link fd in a bpf_link;
+  // AdoptedLink: a link of any type opened from its pin.
+  int linkFd = -1;
 
   // ClsactFilter: the filter is identified by where it sits and the
   // handle/priority the kernel chose for it.
@@ -26,6 +28,7 @@ struct Attachment {
   bpf_tc_attach_point hook = BPF_TC_INGRESS;
   uint32_t handle = 0;
   uint32_t priority = 0;
+  bool createdQdisc = false;  // the clsact qdisc did not exist before this attach
 
   std::string pinPath;  // non-empty once pinned
 

@@ -4,6 +4,8 @@
 #include <linux/if_link.h>
 #include <linux/net_namespace.h>
 #include <linux/netlink.h>
+#include <linux/pkt_cls.h>
+#include <linux/pkt_sched.h>
 #include <linux/rtnetlink.h>
 #include <sys/socket.h>
 #include <unistd.h>
@@ -16,6 +18,7 @@
 
 #include "args.h"
 #include "errors.h"
+#include "fd.h"
 
 namespace probepilot {
 namespace {
@@ -158,19 +161,29 @@ Napi::Object ParseLink(Napi::Env env, nlmsghdr* message) {
   return link;
 }
 
-class FileDescriptor {
- public:
-  explicit FileDescriptor(int fd) : fd_(fd) {}
-  ~FileDescriptor() {
-    if (fd_ >= 0) close(fd_);
-  }
-  FileDescriptor(const FileDescriptor&) = delete;
-  FileDescriptor& operator=(const FileDescriptor&) = delete;
-  int get() const { return fd_; }
 
- private:
-  int fd_;
-};
+// Runs a dump request to the end and collects what parse makes of each
+// message of messageType (undefined: left out). A dump the kernel marks as
+// interrupted (the table changed meanwhile) is run again. Returns the
+// kernel's error in *err (0 when done) instead of throwing, so callers can
+// treat some errors as "nothing there".
+Napi::Array DumpAll(Napi::Env env, RouteSocket& socket, nlmsghdr* request, uint16_t messageType,
+                    const std::function<Napi::Value(nlmsghdr*)>& parse, const std::string& what, int* err) {
+  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
+    Napi::Array items = Napi::Array::New(env);
+    bool interrupted = false;
+    *err = socket.Exchange(
+        request,
+        [&](nlmsghdr* message) {
+          if (message->nlmsg_type != messageType) return;
+          Napi::Value item = parse(message);
+          if (!item.IsUndefined()) items.Set(items.Length(), item);
+        },
+        &interrupted);
+    if (*err || !interrupted) return items;
+  }
+  ThrowNative(env, EAGAIN, what + ": the table kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+}
 
 }  // namespace
 
@@ -188,19 +201,76 @@ Napi::Value ListLinks(const Napi::CallbackInfo& info) {
   request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
   request.link.ifi_family = AF_UNSPEC;
 
-  for (int attempt = 0; attempt < kDumpAttempts; attempt++) {
-    Napi::Array links = Napi::Array::New(env);
-    bool interrupted = false;
-    const int err = socket.Exchange(
-        &request.header,
-        [&](nlmsghdr* message) {
-          if (message->nlmsg_type == RTM_NEWLINK) links.Set(links.Length(), ParseLink(env, message));
-        },
-        &interrupted);
-    if (err) ThrowNative(env, err, what + ": RTM_GETLINK dump");
-    if (!interrupted) return links;
+  int err = 0;
+  Napi::Array links = DumpAll(
+      env, socket, &request.header, RTM_NEWLINK, [&](nlmsghdr* message) { return ParseLink(env, message); }, what, &err);
+  if (err) ThrowNative(env, err, what + ": RTM_GETLINK dump");
+  return links;
+}
+
+namespace {
+
+// One BPF classifier of a clsact hook: where it sits (handle, priority)
+// and which program it runs. Other classifier kinds are left out.
+Napi::Value ParseBpfFilter(Napi::Env env, nlmsghdr* message) {
+  auto* header = static_cast<tcmsg*>(NLMSG_DATA(message));
+  std::string kind;
+  uint32_t programId = 0;
+  std::string programName;
+  int remaining = static_cast<int>(message->nlmsg_len) - static_cast<int>(NLMSG_LENGTH(sizeof(*header)));
+  for (auto* attr = reinterpret_cast<rtattr*>(reinterpret_cast<char*>(header) + NLMSG_ALIGN(sizeof(*header)));
+       RTA_OK(attr, remaining); attr = RTA_NEXT(attr, remaining)) {
+    const int type = attr->rta_type & NLA_TYPE_MASK;
+    if (type == TCA_KIND) kind = AttrString(attr);
+    if (type != TCA_OPTIONS) continue;
+    int optionsRemaining = static_cast<int>(RTA_PAYLOAD(attr));
+    for (auto* option = static_cast<rtattr*>(RTA_DATA(attr)); RTA_OK(option, optionsRemaining);
+         option = RTA_NEXT(option, optionsRemaining)) {
+      const int optionType = option->rta_type & NLA_TYPE_MASK;
+      if (optionType == TCA_BPF_ID) programId = static_cast<uint32_t>(AttrInt(option));
+      if (optionType == TCA_BPF_NAME) programName = AttrString(option);
+    }
   }
-  ThrowNative(env, EAGAIN, what + ": interfaces kept changing during " + std::to_string(kDumpAttempts) + " dumps");
+  // The kernel also reports each priority's (empty) chain head: no handle, no program.
+  if (kind != "bpf" || header->tcm_handle == 0) return env.Undefined();
+  Napi::Object filter = Napi::Object::New(env);
+  filter.Set("handle", static_cast<double>(header->tcm_handle));
+  filter.Set("priority", static_cast<double>(TC_H_MAJ(header->tcm_info) >> 16));
+  filter.Set("programId", static_cast<double>(programId));
+  filter.Set("programName", programName);
+  return filter;
+}
+
+}  // namespace
+
+Napi::Value ListTcFilters(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  const uint32_t ifindex = Uint32Arg(info, 0, "listTcFilters", "ifindex");
+  const std::string direction = StringArg(info, 1, "listTcFilters", "direction");
+  if (direction != "ingress" && direction != "egress") {
+    ThrowTypeError(env, "listTcFilters: direction must be 'ingress' or 'egress'");
+  }
+  const std::string what = "listTcFilters(ifindex " + std::to_string(ifindex) + ", " + direction + ")";
+  RouteSocket socket(env, what);
+
+  struct {
+    nlmsghdr header;
+    tcmsg filter;
+  } request{};
+  request.header.nlmsg_len = sizeof(request);
+  request.header.nlmsg_type = RTM_GETTFILTER;
+  request.header.nlmsg_flags = NLM_F_REQUEST | NLM_F_DUMP;
+  request.filter.tcm_family = AF_UNSPEC;
+  request.filter.tcm_ifindex = static_cast<int>(ifindex);
+  request.filter.tcm_parent = TC_H_MAKE(TC_H_CLSACT, direction == "ingress" ? TC_H_MIN_INGRESS : TC_H_MIN_EGRESS);
+
+  int err = 0;
+  Napi::Array filters = DumpAll(
+      env, socket, &request.header, RTM_NEWTFILTER, [&](nlmsghdr* message) { return ParseBpfFilter(env, message); }, what, &err);
+  // No clsact qdisc (or no such interface): no filters.
+  if (err == EINVAL || err == ENOENT || err == ENODEV) return Napi::Array::New(env);
+  if (err) ThrowNative(env, err, what + ": RTM_GETTFILTER dump");
+  return filters;
 }
 
 Napi::Value NetnsId(const Napi::CallbackInfo& info) {

@@ -28,6 +28,9 @@ Napi::Function BpfObjectWrap::DefineClass(Napi::Env env) {
           InstanceMethod<&BpfObjectWrap::AttachAuto>("attachAuto"),
           InstanceMethod<&BpfObjectWrap::Detach>("detach"),
           InstanceMethod<&BpfObjectWrap::PinAttachment>("pinAttachment"),
+          InstanceMethod<&BpfObjectWrap::AdoptLink>("adoptLink"),
+          InstanceMethod<&BpfObjectWrap::AdoptTcFilter>("adoptTcFilter"),
+          InstanceMethod<&BpfObjectWrap::Release>("release"),
           InstanceMethod<&BpfObjectWrap::ReadMap>("readMap"),
           InstanceMethod<&BpfObjectWrap::Lookup>("lookup"),
           InstanceMethod<&BpfObjectWrap::Update>("update"),
@@ -168,6 +171,12 @@ Napi::Value BpfObjectWrap::Maps(const Napi::CallbackInfo& info) {
     entry.Set("keySize", static_cast<double>(layout.keySize));
     entry.Set("valueSize", static_cast<double>(layout.valueSize));
     entry.Set("maxEntries", static_cast<double>(bpf_map__max_entries(map)));
+    entry.Set("flags", static_cast<double>(bpf_map__map_flags(map)));
+    entry.Set("internal", bpf_map__is_internal(map));
+    bpf_map_info kernel{};
+    uint32_t kernelLength = sizeof(kernel);
+    const int mapFd = bpf_map__fd(map);
+    entry.Set("id", static_cast<double>(mapFd >= 0 && bpf_obj_get_info_by_fd(mapFd, &kernel, &kernelLength) == 0 ? kernel.id : 0));
     entry.Set("perCpu", layout.perCpu);
     entry.Set("valueStride", static_cast<double>(layout.valueStride));
     result.Set(result.Length(), entry);

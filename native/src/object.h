@@ -49,6 +49,11 @@ class BpfObjectWrap : public Napi::ObjectWrap<BpfObjectWrap> {
   void Detach(const Napi::CallbackInfo& info);
   void PinAttachment(const Napi::CallbackInfo& info);
 
+  // pins.cc
+  Napi::Value AdoptLink(const Napi::CallbackInfo& info);
+  Napi::Value AdoptTcFilter(const Napi::CallbackInfo& info);
+  void Release(const Napi::CallbackInfo& info);
+
   // Every method starts with one of these: they check the object is in a
   // state where `what` makes sense, and clear libbpf's captured log so an
   // error carries only this operation's messages.

@@ -18,7 +18,52 @@ export interface MapInfo {
   perCpu: boolean;
   /** Bytes between consecutive CPUs' values in a per-CPU dump (valueSize rounded up to 8). */
   valueStride: number;
+  /** BPF_F_* map flags. */
+  flags: number;
+  /** A map libbpf makes for the object's globals (.rodata, .bss, …), never pinned. */
+  internal: boolean;
+  /** Kernel map id (0 before load). */
+  id: number;
 }
+
+/** A map pinned in bpffs, as the kernel describes it. */
+export interface PinnedMapInfo {
+  id: number;
+  name: string;
+  type: number;
+  keySize: number;
+  valueSize: number;
+  maxEntries: number;
+  flags: number;
+}
+
+/** A program loaded in the kernel, by id. */
+export interface KernelProgram {
+  id: number;
+  name: string;
+  /** Hash of its instructions (map references left out), hex. */
+  tag: string;
+  mapIds: number[];
+}
+
+/** A BPF classifier on a clsact hook. */
+export interface TcFilter {
+  handle: number;
+  priority: number;
+  programId: number;
+  programName: string;
+}
+
+/**
+ * What adopting a pinned link or a clsact filter left by an earlier run did:
+ * kept it (it runs a program identical to ours), updated it in place to our
+ * program (atomic), or — stale — removed it (the caller attaches afresh).
+ */
+export type Adoption =
+  | { outcome: 'absent' }
+  | { outcome: 'kept'; id: number }
+  | { outcome: 'updated'; id: number; reason: string }
+  | { outcome: 'stale'; reason: string };
 
 export interface ProgramInfo {
   name: string;
@@ -43,6 +88,8 @@ export interface TcAttachment {
   /** Handle for detach()/pinAttachment(). */
   id: number;
   mode: TcAttachMode;
+  /** clsact: this attach created the interface's clsact qdisc. */
+  createdQdisc: boolean;
 }
 
 export interface LinkInfo {
@@ -82,6 +129,12 @@ export interface BpfObject {
   detach(attachmentId: number): void;
   /** Pins a link-based attachment (TCX, tracepoint, …) in bpffs so it outlives the process. */
   pinAttachment(attachmentId: number, pinPath: string): void;
+  /** Takes over the link pinned at pinPath for program (see Adoption); a kept or updated link stays pinned. */
+  adoptLink(program: string, pinPath: string): Adoption;
+  /** Takes over a clsact filter of an earlier run for program: kept when identical, else its program replaced in place. */
+  adoptTcFilter(program: string, ifindex: number, direction: TcDirection, handle: number, priority: number): Exclude<Adoption, { outcome: 'absent' | 'stale' }>;
+  /** Forgets an attachment but leaves it running when a pin (links) or the qdisc (clsact filters) holds it. */
+  release(attachmentId: number): void;
   /** Whole map in batches, off the event loop. */
   readMap(map: string, batchSize?: number): Promise<MapDump>;
   lookup(map: string, key: Buffer): Buffer | null;
@@ -170,6 +223,16 @@ export interface NativeAddon {
   disableStats(handle: number): void;
   /** Interfaces of the agent's network namespace (RTM_GETLINK dump). */
   listLinks(): LinkInfo[];
+  /** The BPF classifiers on an interface's clsact hook; [] when it has no clsact qdisc. */
+  listTcFilters(ifindex: number, direction: TcDirection): TcFilter[];
+  /** Removes one clsact filter (gone already is fine). */
+  detachTcFilter(ifindex: number, direction: TcDirection, handle: number, priority: number): void;
+  /** Deletes an interface's clsact qdisc. */
+  removeClsact(ifindex: number): void;
+  /** The map pinned at pinPath; null when nothing is pinned there. */
+  pinnedMapInfo(pinPath: string): PinnedMapInfo | null;
+  /** null when no program has that id. */
+  programById(id: number): KernelProgram | null;
   /** Namespace id that our namespace assigned to the netns at nsPath (e.g. /proc/PID/ns/net); -1 when none. */
   netnsId(nsPath: string): number;
   /**

@@ -33,6 +33,10 @@ export interface CollectorHealth {
   seriesOverflow?: Readonly<Record<string, number>>;
 }
 
+export interface StopOptions {
+  keepRunning?: boolean;
+}
+
 export interface Collector {
   readonly name: string;
   /** Every family collect() may return, known before the first collection. */
@@ -43,8 +47,13 @@ export interface Collector {
   /** As of the last collect(). */
   health(): CollectorHealth;
   programs(): ProgramInfo[];
-  /** Detaches everything; safe to call twice. A stopped collector is not started again: the agent makes a new one. */
-  stop(): Promise<void>;
+  /**
+   * Detaches everything and removes its pins; with keepRunning (the agent
+   * stops or replaces it, pins on) its programs stay attached through their
+   * pins for the next instance to adopt. Safe to call twice. A stopped
+   * collector is not started again: the agent makes a new one.
+   */
+  stop(options?: StopOptions): Promise<void>;
   /** Collector-specific state for the status API (e.g. the network collector's interfaces and attach modes). */
   describe?(): Record<string, unknown>;
   /**

@@ -6,7 +6,7 @@ import { describeError } from '../errors.js';
 import type { FamilyDescriptor, MetricFamily, ScalarSample } from '../metrics/model.js';
 import type { AgentEvents } from '../api/events.js';
 import type { AgentConfig } from '../config.js';
-import { CollectorUnavailableError, type Collector } from './collector.js';
+import { CollectorUnavailableError, type Collector, type StopOptions } from './collector.js';
 
 export interface CollectorState {
   name: string;
@@ -178,7 +178,7 @@ export class CollectorManager {
     return this.change(name, async (entry) => {
       if (!entry.state.enabled) return 'not running' as const;
       if (entry.state.up && (await entry.collector.reconfigure?.(next))) return 'in place' as const;
-      await this.stopOne(entry, 'restarting with a new configuration');
+      await this.stopOne(entry, 'restarting with a new configuration', { keepRunning: true });
       entry.latest = undefined;
       entry.collector = entry.create();
       await this.startOne(entry);
@@ -238,9 +238,9 @@ export class CollectorManager {
     this.publish(entry);
   }
 
-  private async stopOne({ collector, state }: Entry, reason: string): Promise<void> {
+  private async stopOne({ collector, state }: Entry, reason: string, options: StopOptions = {}): Promise<void> {
     try {
-      await collector.stop();
+      await collector.stop(options);
     } catch (err) {
       this.log.warn({ collector: collector.name, err: describeError(err) }, 'collector stop failed');
     }
@@ -248,8 +248,9 @@ export class CollectorManager {
     state.reason = reason;
   }
 
-  async stop(): Promise<void> {
-    await Promise.all(this.entries.map((entry) => this.stopOne(entry, 'stopped')));
+  /** keepRunning: programs stay attached through their pins for the next agent (see Collector.stop). */
+  async stop(options: StopOptions = {}): Promise<void> {
+    await Promise.all(this.entries.map((entry) => this.stopOne(entry, 'stopped', options)));
   }
 
   /** A fresh collection of every running collector (shared with the readers already waiting for one) plus the self-metrics. */

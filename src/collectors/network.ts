@@ -8,9 +8,10 @@ import { describeError } from '../errors.js';
 import { globMatcher } from '../glob.js';
 import { rootCgroup } from '../identity/cgroups.js';
 import { counterFamily, type FamilyDescriptor, type Labels, type MetricFamily, type ScalarSample } from '../metrics/model.js';
-import { CounterSeries } from '../metrics/series.js';
+import { CounterSeries, type RetiredTotals } from '../metrics/series.js';
 import { mapSliced, TimeSlicer } from '../metrics/slice.js';
-import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
+import { ObjectPins } from '../bpf/pins.js';
+import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth, type StopOptions } from './collector.js';
 import { SerialQueue } from './serial.js';
 import type { AgentConfig } from '../config.js';
 import {
@@ -27,6 +28,12 @@ import {
   type TrafficEntry,
 } from './network-decode.js';
 import { PeerDirectory, peerLabelNames } from './network-peers.js';
+import { removeClsactIfEmpty } from '../cleanup.js';
+
+/** Pin name of an interface's TCX link: the index alone could be reused by a new interface. */
+function linkPinName(link: Pick<LinkInfo, 'name' | 'ifindex'>, direction: TcDirection): string {
+  return `${link.name}-${link.ifindex}-${direction}`;
+}
 
 /** What the traffic and flow maps have in common. */
 type CountedEntry = Pick<TrafficEntry, 'index' | 'cgroupId' | 'ifindex' | 'bytes' | 'packets'>;
@@ -36,6 +43,12 @@ const tcDirections: readonly TcDirection[] = ['ingress', 'egress'];
 
 /** errno values that mean "this kernel has no TCX": fall back to clsact. */
 const tcxUnsupported = new Set([22 /* EINVAL */, 95 /* EOPNOTSUPP */, 524 /* ENOTSUPP */]);
+
+/** The state file: retired totals by map, and the clsact qdiscs this agent created (for --cleanup). */
+export interface NetworkState {
+  retired: Record<string, RetiredTotals[]>;
+  createdQdiscs: Array<{ ifindex: number; name: string }>;
+}
 
 interface AttachedInterface {
   ifindex: number;
@@ -77,6 +90,12 @@ export class NetworkCollector implements Collector {
   private attachFailures = 0;
   private lastAttachError = '';
   private timer: NodeJS.Timeout | undefined;
+  /** undefined when pins are off. */
+  private readonly pins: ObjectPins | undefined;
+  /** Kernel ids of our (pinned) maps: a clsact filter whose program uses one is ours, left by an earlier run. */
+  private ownMapIds = new Set<number>();
+  /** clsact qdiscs created by this agent or an earlier run, by ifindex (the name guards against a reused index). */
+  private readonly createdQdiscs = new Map<number, string>();
   private readonly queue = new SerialQueue();
   private lastHealth: CollectorHealth = { eventsDropped: { map_full: 0 } };
   private readonly log;
@@ -123,17 +142,20 @@ export class NetworkCollector implements Collector {
     }
     this.cpus = ctx.addon.possibleCpus();
     this.log = ctx.log.child({ collector: this.name });
+    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, 'net.bpf.o');
   }
 
   async start(): Promise<void> {
     const objectPath = path.join(bpfObjectDir, 'net.bpf.o');
     const object = new this.ctx.addon.BpfObject(objectPath);
     const { maxEntries, flows } = this.ctx.config.collectors.network;
+    let reused = false;
     try {
       object.setMapMaxEntries('net_traffic', maxEntries);
       object.setConst('flows_enabled', Buffer.from([flows.enabled ? 1 : 0]));
       object.setMapMaxEntries('net_flows', flows.maxEntries);
       object.setMapMaxEntries('net_peer_addresses', flows.maxPeers);
+      reused = this.pins?.pinMaps(object) ?? false;
       object.load();
       this.peers?.installCidrs(object);
     } catch (err) {
@@ -141,7 +163,16 @@ export class NetworkCollector implements Collector {
       throw new CollectorUnavailableError(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`);
     }
     this.object = object;
+    this.ownMapIds = new Set(object.maps().filter((m) => !m.internal).map((m) => m.id));
+    const saved = this.pins?.readState<NetworkState>();
+    for (const { ifindex, name } of saved?.createdQdiscs ?? []) this.createdQdiscs.set(ifindex, name);
+    // The saved final counts belong with the maps they were taken from: fresh maps start every series over.
+    const now = Date.now();
+    this.totals.restoreRetired(reused ? (saved?.retired.net_traffic ?? []) : [], now);
+    this.flows?.restoreRetired(reused ? (saved?.retired.net_flows ?? []) : [], now);
     await this.queue.run(() => this.rescan());
+    // Links left for interfaces that went away while the agent was down.
+    this.pins?.removeLinksExcept(new Set([...this.interfaces.values()].flatMap((i) => tcDirections.map((d) => linkPinName(i, d)))));
     if (this.interfaces.size === 0 && this.attachFailures > 0) {
       await this.stop();
       throw new CollectorUnavailableError(`could not attach to any interface: ${this.lastAttachError}`);
@@ -153,17 +184,48 @@ export class NetworkCollector implements Collector {
     this.timer.unref();
   }
 
-  async stop(): Promise<void> {
+  async stop({ keepRunning = false }: StopOptions = {}): Promise<void> {
     clearInterval(this.timer);
     this.timer = undefined;
     await this.queue.run(async () => {
       const object = this.object;
       if (!object) return;
-      for (const iface of this.interfaces.values()) this.detach(object, iface);
+      for (const iface of this.interfaces.values()) {
+        if (keepRunning && this.pins) this.release(object, iface);
+        else this.detach(object, iface);
+      }
       this.interfaces.clear();
       object.close();
       this.object = undefined;
+      if (keepRunning && this.pins) {
+        this.saveState();
+        return;
+      }
+      this.pins?.remove();
+      if (!this.pins) return;
+      // Leaving for good: the clsact qdiscs we created go too, unless someone else's filter uses them.
+      for (const [ifindex, name] of this.createdQdiscs) {
+        try {
+          if (removeClsactIfEmpty(this.ctx.addon, ifindex)) this.log.info({ interface: name }, 'removed the clsact qdisc the agent created');
+        } catch (err) {
+          this.log.warn({ interface: name, err: describeError(err) }, 'cannot remove the clsact qdisc the agent created');
+        }
+      }
+      this.createdQdiscs.clear();
     });
+  }
+
+  private saveState(): void {
+    if (!this.pins) return;
+    const state: NetworkState = {
+      retired: { net_traffic: this.totals.retiredTotals(), net_flows: this.flows?.retiredTotals() ?? [] },
+      createdQdiscs: [...this.createdQdiscs].map(([ifindex, name]) => ({ ifindex, name })),
+    };
+    try {
+      this.pins.writeState(state);
+    } catch (err) {
+      this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them');
+    }
   }
 
   programs(): ProgramInfo[] {
@@ -309,7 +371,11 @@ export class NetworkCollector implements Collector {
         deleted.push(entry.index);
       }
     }
-    if (deleted.length) object.deleteKeys(map, selectKeys(dump, deleted));
+    if (deleted.length) {
+      object.deleteKeys(map, selectKeys(dump, deleted));
+      // Right after the kernel entries went: their final counts live only here now.
+      this.saveState();
+    }
     return gone;
   }
 
@@ -351,6 +417,7 @@ export class NetworkCollector implements Collector {
       await this.retireInterface(object, iface.ifindex);
       object.deleteKeys('net_ifaces', encodeIfindex(iface.ifindex));
       this.interfaces.delete(iface.ifindex);
+      if (!link) this.createdQdiscs.delete(iface.ifindex); // went with its interface
       this.log.info({ interface: iface.name, ifindex: iface.ifindex, reason: link ? 'no longer matched' : 'removed' }, 'detached from interface');
       this.ctx.events?.publish({ type: 'interface', action: 'detached', interface: iface.name, ifindex: iface.ifindex, mode: iface.attachments[0]?.mode ?? null, workload: iface.workload ?? null });
     }
@@ -395,7 +462,7 @@ export class NetworkCollector implements Collector {
       attachments: [],
     };
     try {
-      for (const direction of tcDirections) iface.attachments.push(this.attachTc(object, link.ifindex, direction));
+      for (const direction of tcDirections) iface.attachments.push(this.attachTc(object, link, direction));
     } catch (err) {
       this.detach(object, iface);
       object.deleteKeys('net_ifaces', encodeIfindex(link.ifindex));
@@ -412,19 +479,64 @@ export class NetworkCollector implements Collector {
     this.ctx.events?.publish({ type: 'interface', action: 'attached', interface: link.name, ifindex: link.ifindex, mode, workload: iface.workload ?? null });
   }
 
-  private attachTc(object: BpfObject, ifindex: number, direction: TcDirection): TcAttachment {
+  private attachTc(object: BpfObject, link: LinkInfo, direction: TcDirection): TcAttachment {
     const setting = this.ctx.config.collectors.network.attachMode;
     const mode: TcAttachMode = setting === 'auto' ? (this.tcxAvailable === false ? 'clsact' : 'tcx') : setting;
+    const adopted = this.adoptEarlier(object, link, direction, mode);
+    if (adopted) return adopted;
+    let attachment: TcAttachment;
     try {
-      const attachment = object.attachTc(programFor[direction], ifindex, direction, mode);
+      attachment = object.attachTc(programFor[direction], link.ifindex, direction, mode);
       if (setting === 'auto') this.tcxAvailable ??= mode === 'tcx';
-      return attachment;
     } catch (err) {
       if (setting !== 'auto' || mode !== 'tcx' || !isNativeError(err) || !tcxUnsupported.has(err.errno)) throw err;
       this.tcxAvailable = false;
       this.log.info({ err: describeError(err) }, 'TCX is not available, using clsact');
-      return object.attachTc(programFor[direction], ifindex, direction, 'clsact');
+      attachment = object.attachTc(programFor[direction], link.ifindex, direction, 'clsact');
     }
+    if (attachment.createdQdisc) this.createdQdiscs.set(link.ifindex, link.name);
+    // TCX links outlive us through their pin; clsact filters need none (the qdisc holds them) and are found again by their maps.
+    if (attachment.mode === 'tcx' && this.pins) object.pinAttachment(attachment.id, this.pins.linkPath(linkPinName(link, direction)));
+    return attachment;
+  }
+
+  /**
+   * What an earlier run left on this hook, taken over so nothing is counted
+   * twice: its pinned TCX link, or its clsact filter (found by the pinned
+   * maps its program uses; one re-created map still leaves the others).
+   * Leftovers in the other mode, and duplicates, are removed.
+   */
+  private adoptEarlier(object: BpfObject, link: LinkInfo, direction: TcDirection, mode: TcAttachMode): TcAttachment | undefined {
+    const pins = this.pins;
+    if (!pins) return undefined;
+    const program = programFor[direction];
+    const pinPath = pins.linkPath(linkPinName(link, direction));
+    let adopted: TcAttachment | undefined;
+    if (mode === 'tcx') {
+      const adoption = object.adoptLink(program, pinPath);
+      if (adoption.outcome === 'kept' || adoption.outcome === 'updated') adopted = { id: adoption.id, mode: 'tcx', createdQdisc: false };
+      if (adoption.outcome === 'updated') this.log.info({ interface: link.name, direction, reason: adoption.reason }, 'TCX link of the previous run updated in place to the new program');
+      if (adoption.outcome === 'stale') this.log.warn({ interface: link.name, direction, reason: adoption.reason }, 'TCX link of the previous run removed; attaching anew');
+    } else {
+      pins.removeLink(linkPinName(link, direction));
+    }
+    for (const filter of this.ctx.addon.listTcFilters(link.ifindex, direction)) {
+      if (!this.ctx.addon.programById(filter.programId)?.mapIds.some((id) => this.ownMapIds.has(id))) continue;
+      if (adopted) {
+        this.ctx.addon.detachTcFilter(link.ifindex, direction, filter.handle, filter.priority);
+        continue;
+      }
+      const adoption = object.adoptTcFilter(program, link.ifindex, direction, filter.handle, filter.priority);
+      if (adoption.outcome === 'updated') this.log.info({ interface: link.name, direction, reason: adoption.reason }, 'clsact filter of the previous run updated in place to the new program');
+      adopted = { id: adoption.id, mode: 'clsact', createdQdisc: false };
+    }
+    return adopted;
+  }
+
+  /** Leaves the interface's programs attached (pinned TCX links, clsact filters) for the next run. */
+  private release(object: BpfObject, iface: AttachedInterface): void {
+    for (const attachment of iface.attachments) object.release(attachment.id);
+    iface.attachments = [];
   }
 
   private detach(object: BpfObject, iface: AttachedInterface): void {

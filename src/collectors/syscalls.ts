@@ -69,6 +69,8 @@ export function syscallsCollector(ctx: CollectorContext): Collector {
           ],
         },
       ],
+      // Key slots are positions in the tracked list: another list is another layout.
+      pinLayout: `tracked=${tracked.join(',')}`,
       beforeLoad: (object) => {
         const { names, slotOfNr } = syscallSlots(tracked);
         slots = names;

@@ -11,9 +11,10 @@ import { rootCgroup } from '../identity/cgroups.js';
 import type { IdentityScope } from '../identity/identity.js';
 import { histogramSample, histogramSlots } from '../metrics/histogram.js';
 import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily, ScalarSample } from '../metrics/model.js';
-import { CounterSeries } from '../metrics/series.js';
+import { CounterSeries, type RetiredTotals } from '../metrics/series.js';
 import { TimeSlicer } from '../metrics/slice.js';
-import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth } from './collector.js';
+import { ObjectPins } from '../bpf/pins.js';
+import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth, type StopOptions } from './collector.js';
 import { SerialQueue } from './serial.js';
 
 export type AttachPoint =
@@ -78,6 +79,8 @@ export interface TracepointCollectorSpec {
   views: readonly MapView[];
   /** Map sizes, .rodata settings: before load. */
   beforeLoad?: (object: BpfObject) => void;
+  /** Configuration that gives the map keys their meaning (e.g. the syscall of each slot): maps pinned under another are re-created. */
+  pinLayout?: string;
   /** What the collector's events are, read from its series as of the last collection. */
   eventsProcessed?: (families: readonly MetricFamily[]) => number;
 }
@@ -94,6 +97,11 @@ interface ViewState {
 const histogramWidth = histogramSlots + 1;
 const noLabels: Labels = Object.freeze({});
 
+/** The state file: retired totals per view, by map name. */
+interface TracepointState {
+  retired: Record<string, RetiredTotals[]>;
+}
+
 export class TracepointCollector implements Collector {
   readonly name: string;
   readonly families: readonly FamilyDescriptor[];
@@ -102,6 +110,8 @@ export class TracepointCollector implements Collector {
   private object: BpfObject | undefined;
   private mapInfo = new Map<string, MapInfo>();
   private attachments: number[] = [];
+  /** undefined when pins are off. */
+  private readonly pins: ObjectPins | undefined;
   private readonly queue = new SerialQueue();
   private lastHealth: CollectorHealth = { eventsDropped: { map_full: 0 } };
   private readonly log;
@@ -132,19 +142,25 @@ export class TracepointCollector implements Collector {
       };
     });
     this.families = this.views.flatMap((v) => v.families.map((f) => f.descriptor));
+    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, spec.object, spec.pinLayout);
   }
 
   async start(): Promise<void> {
     const objectPath = path.join(bpfObjectDir, this.spec.object);
     const object = new this.ctx.addon.BpfObject(objectPath);
+    let reused = false;
     try {
       this.spec.beforeLoad?.(object);
+      reused = this.pins?.pinMaps(object) ?? false;
       object.load();
     } catch (err) {
       object.close();
       throw new CollectorUnavailableError(`cannot load ${this.spec.object}: ${describeError(err)}`);
     }
     this.object = object;
+    // The saved final counts belong with the maps they were taken from: fresh maps start every series over.
+    const saved = reused ? this.pins?.readState<TracepointState>() : undefined;
+    for (const state of this.views) state.series.restoreRetired(saved?.retired[state.view.map] ?? [], Date.now());
     this.mapInfo = new Map(object.maps().map((m) => [m.name, m]));
     for (const point of this.spec.attach) {
       const what = 'tracepoint' in point ? `tracepoint ${point.tracepoint}` : `raw tracepoint ${point.rawTracepoint}`;
@@ -162,18 +178,23 @@ export class TracepointCollector implements Collector {
   }
 
   private attachOne(object: BpfObject, point: AttachPoint): number {
-    if ('rawTracepoint' in point) return object.attachRawTracepoint(point.program, point.rawTracepoint);
-    const [category, name] = point.tracepoint.split(':') as [string, string];
-    return object.attachTracepoint(point.program, category, name);
+    const attach = (): number => {
+      if ('rawTracepoint' in point) return object.attachRawTracepoint(point.program, point.rawTracepoint);
+      const [category, name] = point.tracepoint.split(':') as [string, string];
+      return object.attachTracepoint(point.program, category, name);
+    };
+    return this.pins ? this.pins.adoptOrAttach(object, point.program, point.program, attach) : attach();
   }
 
-  stop(): Promise<void> {
+  stop({ keepRunning = false }: StopOptions = {}): Promise<void> {
     return this.queue.run(async () => {
       const object = this.object;
       if (!object) return;
+      const pins = this.pins;
       for (const id of this.attachments) {
         try {
-          object.detach(id);
+          if (keepRunning && pins) object.release(id);
+          else object.detach(id);
         } catch (err) {
           this.log.warn({ err: describeError(err) }, 'detach failed');
         }
@@ -181,7 +202,19 @@ export class TracepointCollector implements Collector {
       this.attachments = [];
       object.close();
       this.object = undefined;
+      if (keepRunning) this.saveState();
+      else pins?.remove();
     });
+  }
+
+  private saveState(): void {
+    if (!this.pins) return;
+    const state: TracepointState = { retired: Object.fromEntries(this.views.map((v) => [v.view.map, v.series.retiredTotals()])) };
+    try {
+      this.pins.writeState(state);
+    } catch (err) {
+      this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them');
+    }
   }
 
   programs(): ProgramInfo[] {
@@ -200,7 +233,14 @@ export class TracepointCollector implements Collector {
       const dumps = await Promise.all(this.views.map((v) => object.readMap(v.view.map)));
       const out: MetricFamily[] = [];
       const slicer = new TimeSlicer();
-      for (const [i, state] of this.views.entries()) out.push(...(await this.collectView(object, state, dumps[i]!, now, slicer)));
+      let retiredAny = false;
+      for (const [i, state] of this.views.entries()) {
+        const { families, retired } = await this.collectView(object, state, dumps[i]!, now, slicer);
+        out.push(...families);
+        retiredAny ||= retired;
+      }
+      // Right after the kernel entries went: their final counts live only here now.
+      if (retiredAny) this.saveState();
       this.lastHealth = {
         ...(this.spec.eventsProcessed ? { eventsProcessed: this.spec.eventsProcessed(out) } : {}),
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
@@ -210,7 +250,8 @@ export class TracepointCollector implements Collector {
     });
   }
 
-  private async collectView(object: BpfObject, state: ViewState, dump: MapDump, now: number, slicer: TimeSlicer): Promise<MetricFamily[]> {
+  /** retired: kernel entries were deleted (their final counts moved into the series). */
+  private async collectView(object: BpfObject, state: ViewState, dump: MapDump, now: number, slicer: TimeSlicer): Promise<{ families: MetricFamily[]; retired: boolean }> {
     const { view, series } = state;
     const info = this.mapInfo.get(view.map);
     if (!info) throw new Error(`${this.spec.object} has no map ${view.map}`);
@@ -279,7 +320,7 @@ export class TracepointCollector implements Collector {
       }
       families.push({ ...descriptor, type: spec.descriptor.type, samples });
     }
-    return families;
+    return { families, retired: retired.length > 0 };
   }
 
   /** The entry's u64s at the view's offsets, summed over CPUs. */

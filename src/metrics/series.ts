@@ -44,6 +44,16 @@ export interface SeriesGovernor {
   foldedLabels: readonly string[];
 }
 
+/** The retired part of one series: what a restarted agent needs so the series never goes backwards. */
+export interface RetiredTotals {
+  key: string;
+  labels: Labels;
+  retired: number[];
+}
+
+/** Overflow series live in a key space of their own, so no real label set can share one. */
+const overflowKeyPrefix = '\u0001overflow\0';
+
 export class CounterSeries {
   /** Series by label-set key; overflow series by their own key space so no real label set can share one. */
   private readonly series = new Map<string, Series>();
@@ -95,7 +105,7 @@ export class CounterSeries {
       return s;
     }
     const overflowLabels = Object.fromEntries(Object.entries(labels).map(([name, value]) => [name, this.foldedLabels.has(name) ? overflowLabelValue : value]));
-    const overflowKey = `\u0001overflow\0${Object.values(overflowLabels).join('\0')}`;
+    const overflowKey = `${overflowKeyPrefix}${Object.values(overflowLabels).join('\0')}`;
     let into = this.series.get(overflowKey);
     if (!into) {
       into = this.newSeries(Object.freeze(overflowLabels), now, true);
@@ -140,7 +150,30 @@ export class CounterSeries {
     s.lastLive = Math.max(s.lastLive, now);
   }
 
-  /** Current totals; series (and folds) with nothing live for longer than the grace period are dropped. */
+  /** Series holding final counts of deleted kernel entries. */
+  retiredTotals(): RetiredTotals[] {
+    const out: RetiredTotals[] = [];
+    for (const [key, s] of this.series) {
+      if (s.retired.some((v) => v !== 0)) out.push({ key, labels: s.labels, retired: [...s.retired] });
+    }
+    return out;
+  }
+
+  /** Final counts saved by an earlier run (the kernel entries they came from are gone); their grace starts now. */
+  restoreRetired(totals: readonly RetiredTotals[], now: number): void {
+    for (const { key, labels, retired } of totals) {
+      let s = this.series.get(key);
+      if (!s && key.startsWith(overflowKeyPrefix)) {
+        s = this.newSeries(Object.freeze({ ...labels }), now, true);
+        this.series.set(key, s);
+      }
+      s ??= this.target(key, labels, now);
+      for (let i = 0; i < this.width; i++) s.retired[i]! += retired[i] ?? 0;
+      s.lastLive = Math.max(s.lastLive, now);
+    }
+  }
+
+  /** Current totals; series with nothing live for longer than the grace period are dropped. */
   finishCollection(now: number): SeriesValues[] {
     // A fold's overflow series was fed whenever the fold was, so it never expires before its folds.
     for (const [key, fold] of this.folds) if (now - fold.lastLive > this.graceMs) this.folds.delete(key);

@@ -43,7 +43,8 @@ export interface StartAgentOptions {
 
 export async function startAgent({ args = [], env = {}, waitReady = true }: StartAgentOptions = {}): Promise<AgentProcess> {
   const child = spawn(process.execPath, [cli, 'agent', '--listen', '127.0.0.1:0', ...args], {
-    env: { ...process.env, PROBEPILOT_LOG_LEVEL: 'debug', ...env },
+    // Pins off unless a test asks: agents of concurrent tests must not share bpffs state, nor leave programs behind.
+    env: { ...process.env, PROBEPILOT_LOG_LEVEL: 'debug', PROBEPILOT_PINS_ENABLED: 'false', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
   const logs: LogLine[] = [];
@@ -67,7 +68,11 @@ export async function startAgent({ args = [], env = {}, waitReady = true }: Star
       { timeoutMs, what },
     );
 
-  const listening = await waitForLog((l) => l.msg === 'listening', 'the agent to listen');
+  // An agent that did not come up is no one's to stop: kill it here rather than leave it running.
+  const listening = await waitForLog((l) => l.msg === 'listening', 'the agent to listen').catch((err: unknown) => {
+    child.kill('SIGKILL');
+    throw err;
+  });
   const port = Number(new URL(String(listening.address)).port);
   const url = `http://127.0.0.1:${port}`;
   let stopped: Promise<number | null> | undefined;

@@ -192,7 +192,7 @@ t.test('optional capabilities follow their values, and only them', async (t) => 
   }
 });
 
-t.test('the DaemonSet mounts what the agent reads, read-only except bpffs, and nothing more', async (t) => {
+t.test('the DaemonSet mounts what the agent reads, read-only except bpffs and the state directory, and nothing more', async (t) => {
   const daemonSet = daemonSetOf(await helmTemplate());
   // Container paths are where the agent looks: src/system/mounts.ts (bpffs, tracefs,
   // cgroup2 found in mountinfo), libbpf for /sys/kernel/btf/vmlinux.
@@ -201,7 +201,12 @@ t.test('the DaemonSet mounts what the agent reads, read-only except bpffs, and n
     '/sys/fs/cgroup <- /sys/fs/cgroup (ro)',
     '/sys/kernel/btf <- /sys/kernel/btf (ro)',
     '/sys/kernel/tracing <- /sys/kernel/tracing (ro)',
+    '/var/lib/probepilot <- /var/lib/probepilot (rw)',
   ]);
+  // Pins and state must be where the agent's defaults put them, on the node, to outlive the pod.
+  const agentDefaults = resolveConfig({ file: renderedConfig(await helmTemplate()) });
+  t.ok(agentDefaults.pins.enabled && agentDefaults.pins.root.startsWith('/sys/fs/bpf/'), `pins under the host bpffs: ${agentDefaults.pins.root}`);
+  t.equal(agentDefaults.pins.stateDir, '/var/lib/probepilot', 'the state directory is the host mount');
   const mounts = agentContainer(daemonSet).volumeMounts ?? [];
   t.notOk(
     mounts.some((m) => m.mountPropagation === 'Bidirectional'),

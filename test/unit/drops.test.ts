@@ -75,7 +75,7 @@ class FakeObject {
   load(): void {}
   close(): void {}
   maps(): MapInfo[] {
-    return [{ name: 'drop_counts', type: 5, keySize: dropKeySize, valueSize: 8, maxEntries: 16384, perCpu: true, valueStride: 8 }];
+    return [{ name: 'drop_counts', type: 5, keySize: dropKeySize, valueSize: 8, maxEntries: 16384, perCpu: true, valueStride: 8, flags: 0, internal: false, id: 0 }];
   }
   programs() {
     return [];
@@ -129,7 +129,7 @@ function setup(t: Test, enumerators: Record<string, number> | null) {
     new CgroupPaths(cgroupRoot, { minRefreshIntervalMs: 0 }),
     new NetnsWorkloads(() => -1, { procRoot: proc, minRefreshIntervalMs: 0 }),
   );
-  const config = resolveConfig({ file: { collectors: { drops: { maxEntries: 2048 } } } });
+  const config = resolveConfig({ file: { pins: { enabled: false }, collectors: { drops: { maxEntries: 2048 } } } });
   const collector = dropsCollector({ config, log: createLogger('silent'), addon, identity });
   const appId = statSync(path.join(cgroupRoot, 'app.service'), { bigint: true }).ino;
   return { fake, collector, appId };

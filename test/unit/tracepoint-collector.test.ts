@@ -33,7 +33,7 @@ class FakeObject {
   load(): void {}
   close(): void {}
   maps(): MapInfo[] {
-    return [{ name: 'calls', type: 5, keySize, valueSize, maxEntries: 1024, perCpu: true, valueStride: valueSize }];
+    return [{ name: 'calls', type: 5, keySize, valueSize, maxEntries: 1024, perCpu: true, valueStride: valueSize, flags: 0, internal: false, id: 0 }];
   }
   programs() {
     return [];
@@ -109,7 +109,7 @@ function setup(t: Test, attach: TracepointCollectorSpec['attach'], keyWorkload?:
     ],
     eventsProcessed: (families) => families.find((f) => f.name === 'fake_calls_total')!.samples.reduce((n, s) => n + ('value' in s ? s.value : 0), 0),
   };
-  const collector = new TracepointCollector(spec, { config: resolveConfig(), log: createLogger('silent'), addon, identity });
+  const collector = new TracepointCollector(spec, { config: resolveConfig({ file: { pins: { enabled: false } } }), log: createLogger('silent'), addon, identity });
   const appId = statSync(path.join(root, 'app.service'), { bigint: true }).ino;
   return { root, fake, collector, appId };
 }
