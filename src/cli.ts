@@ -300,8 +300,8 @@ interface TraceOptions {
   namespace?: string;
   pod?: string;
   syscall?: string;
-  count?: string;
-  duration?: string;
+  count?: number;
+  duration?: number;
 }
 
 function traceCommand(kind: 'syscall' | 'network', description: string): Command {
@@ -312,19 +312,12 @@ function traceCommand(kind: 'syscall' | 'network', description: string): Command
     .addOption(new Option('-o, --output <format>', 'a line per event, or one JSON object per line').choices(['text', 'json']).default('text'))
     .option('--namespace <namespace>', 'only this namespace\'s pods')
     .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode, with the cgroups below it)')
-    .option('--count <n>', 'stop after this many events')
-    .option('--duration <seconds>', 'stop after this long');
+    .option('--count <n>', 'stop after this many events', numberIn(1, Number.MAX_SAFE_INTEGER, 'a number of events', true))
+    .option('--duration <seconds>', 'stop after this long', numberIn(0.001, 31_536_000, 'seconds'));
 }
 
 async function runTrace(kind: 'syscall' | 'network', options: TraceOptions): Promise<void> {
-  const positive = (flag: string, value: string | undefined): number | undefined => {
-    if (value === undefined) return undefined;
-    const n = Number(value);
-    if (!(n > 0)) throw new AgentRequestError(`${flag} must be a positive number, got ${JSON.stringify(value)}`);
-    return n;
-  };
-  const count = positive('--count', options.count);
-  const duration = positive('--duration', options.duration);
+  const { count, duration } = options;
   const query = new URLSearchParams({ types: kind });
   if (options.namespace !== undefined) query.set('namespace', options.namespace);
   if (options.pod !== undefined) query.set('pod', options.pod);

@@ -1,6 +1,7 @@
 // What happens in the agent, as a stream: collectors starting, stopping or
-// failing, interfaces attached and detached, pods appearing and going away.
-// The REST API serves it as Server-Sent Events; producers never wait for
+// failing, interfaces attached and detached, pods appearing and going away;
+// and the shapes of trace events (src/events/). REST serves them as
+// Server-Sent Events, gRPC as StreamEvents; producers never wait for
 // consumers (a slow consumer is the transport's problem, not the agent's).
 import { EventEmitter } from 'node:events';
 import type { Labels } from '../metrics/model.js';

@@ -290,10 +290,11 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         }
         const res = reply.raw;
         let corked = false;
+        let open = false;
         let ended = false;
         const send = (event: StreamedEvent): boolean => {
-          // Between the client leaving and the subscription ending: nobody to lose it for.
-          if (ended || res.destroyed) return true;
+          // Before the headers (a second trace kind still opening) and after the client left: not the client's yet, or nobody's.
+          if (!open || ended || res.destroyed) return true;
           // A client that does not read is not buffered for without bound: its events are dropped (and counted).
           if (res.writableLength > maxStreamBacklogBytes) return false;
           // Events arrive in batches: one socket write per batch, not one per event.
@@ -321,6 +322,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         reply.hijack();
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
         res.write(': probepilot events\n\n');
+        open = true;
         // Proxies close idle streams: a comment now and then keeps it open.
         const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
         const end = (): void => {

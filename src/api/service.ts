@@ -1,6 +1,6 @@
-// The agent's operations, once, for every transport (REST now; gRPC and the
-// CLI through REST): status, the collectors' lifecycle, and flows read from
-// the same counters /metrics exports.
+// The agent's operations, once, for every transport (REST and gRPC; the CLI
+// through REST): status, the collectors' lifecycle, flows and workloads read
+// from the same collections /metrics exports, and event streams (traces).
 import { existsSync } from 'node:fs';
 import os from 'node:os';
 import type { Collection, CollectorManager, CollectorState } from '../collectors/manager.js';
@@ -465,7 +465,9 @@ export class AgentService {
         return collection.families;
       }),
     );
-    const at = Date.now();
+    // The newest collection read, not the query's own time: queries answered from the same collections find the same baseline.
+    const readTimes = Object.values(readAt);
+    const at = readTimes.length ? Math.max(...readTimes) : Date.now();
     const byName = new Map(collected.flat().map((f) => [f.name, f]));
     const scalars = (name: string): ScalarSample[] => {
       const family = byName.get(name);

@@ -49,8 +49,11 @@ const tcpRecordSize = headerSize + 40;
 const afInet = 2;
 const afInet6 = 10;
 
-/** Kernel strings are NUL-padded and may end inside a multi-byte character: undecodable bytes become U+FFFD. */
-/** A task's comm is whatever bytes it set (prctl PR_SET_NAME): made text as label values are, so one event stays one line. */
+/**
+ * Kernel strings are NUL-padded and may end inside a multi-byte character
+ * (undecodable bytes become U+FFFD); a task's comm is whatever bytes it set
+ * (prctl PR_SET_NAME): made text as label values are, so one event stays one line.
+ */
 function kernelString(bytes: Buffer): string {
   const end = bytes.indexOf(0);
   return sanitizeLabelValue(bytes.subarray(0, end < 0 ? bytes.length : end).toString('utf8'));

@@ -25,6 +25,7 @@ import type { AgentConfig } from '../config.js';
 import type { Logger } from '../log.js';
 import { describeError } from '../errors.js';
 import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily } from '../metrics/model.js';
+import { SerialQueue } from '../collectors/serial.js';
 import { TimeSlicer } from '../metrics/slice.js';
 
 export type OtlpConfig = AgentConfig['otlp'];
@@ -110,11 +111,20 @@ interface PointState {
 export class SnapshotConverter {
   private readonly points = new Map<string, PointState>();
   private collections = 0;
+  private readonly conversions = new SerialQueue();
 
   constructor(private readonly temporality: 'cumulative' | 'delta') {}
 
-  /** Yields to the event loop between slices: a push of 100k points must not hold it. */
-  async convert(families: readonly MetricFamily[], now: HrTime = hrTime()): Promise<MetricData[]> {
+  /**
+   * Yields to the event loop between slices: a push of 100k points must not
+   * hold it. Conversions run one at a time (a push after a timed-out one, a
+   * flush at shutdown): each compares against the previous one's points.
+   */
+  convert(families: readonly MetricFamily[], now: HrTime = hrTime()): Promise<MetricData[]> {
+    return this.conversions.run(() => this.convertNow(families, now));
+  }
+
+  private async convertNow(families: readonly MetricFamily[], now: HrTime): Promise<MetricData[]> {
     this.collections++;
     const metrics: MetricData[] = [];
     const slicer = new TimeSlicer();
