@@ -111,6 +111,8 @@ struct {
 struct pending_syscall {
 	__u64 start_ns;
 	__u64 args[6];
+	__u32 nr; /* an exit of another syscall (the entry's exit was missed) is no match */
+	__u32 pad;
 };
 
 struct {
@@ -155,10 +157,15 @@ static __always_inline bool within_rate(struct trace_config *cfg, __u64 cgroup_i
 		bpf_map_update_elem(&rate_buckets, &cgroup_id, &fresh, BPF_ANY);
 		return true;
 	}
-	credit = bucket->credit_ns + (now - bucket->last_ns);
+	/* Another CPU may have moved last_ns past our now: no refill then, and
+	 * last_ns never goes back (a wrapped difference would fill the bucket). */
+	credit = bucket->credit_ns;
+	if (now > bucket->last_ns) {
+		credit += now - bucket->last_ns;
+		bucket->last_ns = now;
+	}
 	if (credit > cfg->burst_ns)
 		credit = cfg->burst_ns;
-	bucket->last_ns = now;
 	if (credit < cfg->event_cost_ns) {
 		bucket->credit_ns = credit;
 		pp_stat_inc(PP_STAT_EVENTS_RATE_LIMITED);
@@ -208,6 +215,8 @@ int pp_trace_sys_enter(struct trace_event_raw_sys_enter *ctx)
 		return 0;
 	tid = (__u32)bpf_get_current_pid_tgid();
 	pending.start_ns = bpf_ktime_get_ns();
+	pending.nr = nr;
+	pending.pad = 0;
 	/* One load per field: the verifier refuses a context pointer moved by an offset. */
 	pending.args[0] = ctx->args[0];
 	pending.args[1] = ctx->args[1];
@@ -228,6 +237,10 @@ int pp_trace_sys_exit(struct trace_event_raw_sys_exit *ctx)
 
 	if (!pending)
 		return 0;
+	if (pending->nr != (__u32)ctx->id) {
+		bpf_map_delete_elem(&pending_syscalls, &tid);
+		return 0;
+	}
 	event = bpf_ringbuf_reserve(&events, sizeof(*event), 0);
 	if (!event) {
 		pp_stat_inc(PP_STAT_EVENTS_RINGBUF_FULL);

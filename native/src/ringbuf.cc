@@ -24,16 +24,13 @@ constexpr size_t kMaxQueuedBatches = 4;
 
 Napi::FunctionReference* constructor = nullptr;
 
-// What the reader thread hands to the main thread: records, or why it stopped.
-struct Delivery {
-  std::vector<uint8_t> records;
-  std::string error;
-  int err = 0;
-};
 
-void CallJs(Napi::Env env, Napi::Function onRecords, Delivery* delivery) {
+}  // namespace
+
+// Typed: called for every queued batch, also (env null) for those left when
+// close() aborts, so each one is freed.
+void RingBufferReader::CallJs(Napi::Env env, Napi::Function onRecords, std::nullptr_t*, Delivery* delivery) {
   std::unique_ptr<Delivery> owned(delivery);
-  // env is null when the function is being torn down with batches still queued.
   if (env == nullptr || onRecords.IsEmpty()) return;
   if (owned->err != 0) {
     onRecords.Call({MakeNativeError(env, SysError{owned->err, owned->error, {}}).Value(), env.Null()});
@@ -41,8 +38,6 @@ void CallJs(Napi::Env env, Napi::Function onRecords, Delivery* delivery) {
   }
   onRecords.Call({env.Null(), Napi::Buffer<uint8_t>::Copy(env, owned->records.data(), owned->records.size())});
 }
-
-}  // namespace
 
 void RingBufferReader::Init(Napi::Env env) {
   Napi::Function fn = DefineClass(env, "RingBufferReader", {InstanceMethod<&RingBufferReader::Close>("close")});
@@ -86,7 +81,7 @@ void RingBufferReader::Start(Napi::Env env, int mapFd, const std::string& what, 
     Stop();
     ThrowNative(env, err, what_ + ": epoll");
   }
-  deliver_ = Napi::ThreadSafeFunction::New(env, onRecords, "probepilot ring buffer", kMaxQueuedBatches, 1);
+  deliver_ = Deliverer::New(env, onRecords, "probepilot ring buffer", kMaxQueuedBatches, 1);
   // An open trace must not keep a process alive that has nothing else to do.
   deliver_.Unref(env);
   running_ = true;
@@ -105,7 +100,7 @@ int RingBufferReader::OnRecord(void* self, void* data, size_t size) {
 void RingBufferReader::Run() {
   auto fail = [this](int err, const std::string& call) {
     auto* delivery = new Delivery{{}, what_ + ": " + call, err};
-    if (deliver_.BlockingCall(delivery, CallJs) != napi_ok) delete delivery;
+    if (deliver_.BlockingCall(delivery) != napi_ok) delete delivery;
   };
   for (;;) {
     epoll_event ready[2];
@@ -124,7 +119,7 @@ void RingBufferReader::Run() {
       auto* delivery = new Delivery{std::move(batch_), {}, 0};
       batch_ = {};
       // Waits while JS is behind; returns napi_closing once close() aborts.
-      if (deliver_.BlockingCall(delivery, CallJs) != napi_ok) {
+      if (deliver_.BlockingCall(delivery) != napi_ok) {
         delete delivery;
         return;
       }

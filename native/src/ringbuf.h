@@ -8,7 +8,7 @@
 #include <bpf/libbpf.h>
 #include <napi.h>
 
-#include <atomic>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <thread>
@@ -16,13 +16,20 @@
 
 namespace probepilot {
 
+// What the reader thread hands to the main thread: records, or why it stopped.
+struct Delivery {
+  std::vector<uint8_t> records;
+  std::string error;
+  int err = 0;
+};
+
 class RingBufferReader : public Napi::ObjectWrap<RingBufferReader> {
  public:
   // Also keeps the constructor for New().
   static void Init(Napi::Env env);
 
-  // A reader over the ring buffer map behind mapFd (dup()ed: the reader
-  // outlives neither its own fd nor the object's). Throws a NativeError.
+  // A reader over the ring buffer map behind mapFd, which it dup()s so it may
+  // outlive the object's fd. Throws a NativeError.
   static Napi::Object New(Napi::Env env, int mapFd, const std::string& what, Napi::Function onRecords);
 
   explicit RingBufferReader(const Napi::CallbackInfo& info);
@@ -34,13 +41,15 @@ class RingBufferReader : public Napi::ObjectWrap<RingBufferReader> {
   void Stop();
   void Run();
   static int OnRecord(void* self, void* data, size_t size);
+  static void CallJs(Napi::Env env, Napi::Function onRecords, std::nullptr_t* context, Delivery* delivery);
+  using Deliverer = Napi::TypedThreadSafeFunction<std::nullptr_t, Delivery, &RingBufferReader::CallJs>;
 
   std::string what_;
   int mapFd_ = -1;
   ring_buffer* ring_ = nullptr;
   int epollFd_ = -1;
   int wakeFd_ = -1;
-  Napi::ThreadSafeFunction deliver_;
+  Deliverer deliver_;
   std::thread thread_;
   std::vector<uint8_t> batch_;
   bool running_ = false;

@@ -336,12 +336,21 @@ export class EventPipeline {
       return;
     }
     for (const bytes of splitBatch(batch)) {
-      const record = decodeRecord(bytes);
-      if (!record) {
+      let record: EventRecord | undefined;
+      let event: TraceEvent;
+      try {
+        record = decodeRecord(bytes);
+        if (!record) {
+          this.lost.undecodable++;
+          continue;
+        }
+        event = this.enrich(record);
+      } catch (err) {
+        // Anything thrown here would leave the addon's callback as an uncaught exception: counted, never fatal.
         this.lost.undecodable++;
+        this.log.warn({ err: describeError(err) }, 'a traced event could not be decoded');
         continue;
       }
-      const event = this.enrich(record);
       this.read[event.type]++;
       for (const subscriber of this.subscribers) {
         if (!this.wants(subscriber, event, record)) continue;
