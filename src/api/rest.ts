@@ -270,7 +270,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         properties: {
           types: { type: 'string', pattern: commaList, description: `Comma-separated: ${eventTypes.join(', ')}. Default: ${agentEventTypes.join(', ')} (traces only when named).` },
           namespace: { ...name, description: 'Traces: only this namespace.' },
-          pod: { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'Traces: only this pod (or cgroup path, with the cgroups below it).' },
+          pod: { ...podOrCgroup, description: 'Traces: only this pod (or cgroup path, with the cgroups below it).' },
           syscalls: { type: 'string', pattern: commaList, description: 'The syscall trace: only these syscalls, comma-separated (e.g. openat,connect).' },
         },
       },

@@ -338,13 +338,15 @@ export class EventPipeline {
     for (const bytes of splitBatch(batch)) {
       let record: EventRecord | undefined;
       let event: TraceEvent;
+      let cgroupPath: string;
       try {
         record = decodeRecord(bytes);
         if (!record) {
           this.lost.undecodable++;
           continue;
         }
-        event = this.enrich(record);
+        cgroupPath = this.pathOf(record.cgroupId);
+        event = this.enrich(record, cgroupPath);
       } catch (err) {
         // Anything thrown here would leave the addon's callback as an uncaught exception: counted, never fatal.
         this.lost.undecodable++;
@@ -353,7 +355,7 @@ export class EventPipeline {
       }
       this.read[event.type]++;
       for (const subscriber of this.subscribers) {
-        if (!this.wants(subscriber, event, record)) continue;
+        if (!this.wants(subscriber, event, record, cgroupPath)) continue;
         try {
           if (!subscriber.listener(event)) this.lost.subscriber_slow++;
         } catch (err) {
@@ -365,20 +367,20 @@ export class EventPipeline {
     }
   }
 
-  private wants(subscriber: Subscriber, event: TraceEvent, record: EventRecord): boolean {
+  private wants(subscriber: Subscriber, event: TraceEvent, record: EventRecord, cgroupPath: string): boolean {
     if (subscriber.filter.kind !== event.type) return false;
     if (record.kind === 'syscall' && subscriber.syscallNrs && !subscriber.syscallNrs.has(record.nr)) return false;
-    return filterMatches(subscriber.filter, event.workload, this.pathOf(record.cgroupId));
+    return filterMatches(subscriber.filter, event.workload, cgroupPath);
   }
 
   private pathOf(cgroupId: bigint): string {
     return this.deps.identity.cgroups.resolve(cgroupId) ?? rootCgroup;
   }
 
-  private enrich(record: EventRecord): TraceEvent {
+  private enrich(record: EventRecord, cgroupPath: string): TraceEvent {
     const base = {
       time: new Date(Number((record.monotonicNs + this.wallOffsetNs) / 1_000_000n)).toISOString(),
-      workload: this.deps.identity.labelsFor(this.pathOf(record.cgroupId), 'container'),
+      workload: this.deps.identity.labelsFor(cgroupPath, 'container'),
       pid: record.pid,
       comm: record.comm,
     };
