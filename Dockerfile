@@ -38,6 +38,8 @@ COPY --from=build /opt/probepilot/package.json ./
 COPY --from=build /opt/probepilot/node_modules ./node_modules
 COPY --from=build /opt/probepilot/dist/src ./dist/src
 COPY --from=build /opt/probepilot/proto ./proto
+# The default detection rules (security.rules.path empty), found relative to dist/src like proto/.
+COPY --from=build /opt/probepilot/rules ./rules
 COPY --from=build /opt/probepilot/native/build/Release/probepilot.node ./native/build/Release/
 COPY --from=build /opt/probepilot/build/bpf ./build/bpf
 RUN chmod +x dist/src/cli.js && ln -s /opt/probepilot/dist/src/cli.js /usr/local/bin/probepilot

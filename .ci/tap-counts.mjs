@@ -1,4 +1,7 @@
 // Counts a raw TAP stream (tap's --output-file) and prints "PASSED FAILED SKIPPED".
+// Each failure is also written to stderr with its subtest path and tap's
+// diagnostics, so that a run whose log is only seen by its tail still names
+// what failed.
 //
 // Unit: leaf test points, at any subtest depth. A subtest's own closing test
 // point only summarises its children, so it is not counted again — except
@@ -10,8 +13,22 @@
 import { readFileSync } from 'node:fs';
 import { Parser } from 'tap-parser';
 
-function newNode(parent) {
-  return { pass: 0, fail: 0, skip: 0, parent };
+function newNode(parent, name) {
+  return { pass: 0, fail: 0, skip: 0, parent, name };
+}
+
+function pathOf(node) {
+  const names = [];
+  for (let n = node; n; n = n.parent) if (n.name) names.unshift(n.name);
+  return names.join(' > ');
+}
+
+const failures = [];
+
+function recordFailure(node, res) {
+  const where = [pathOf(node), res.name].filter(Boolean).join(' > ');
+  const diag = res.diag ? JSON.stringify(res.diag) : '';
+  failures.push(diag ? `${where}\n    ${diag.slice(0, 2000)}` : where);
 }
 
 function add(node, kind) {
@@ -26,14 +43,19 @@ function classify(res) {
 function watch(parser, node) {
   let lastChild;
   parser.on('child', (childParser) => {
-    lastChild = newNode(node);
+    lastChild = newNode(node, childParser.name);
     watch(childParser, lastChild);
   });
   parser.on('assert', (res) => {
     const child = res.closingTestPoint ? lastChild : undefined;
     const kind = classify(res);
-    if (!child || child.pass + child.fail + child.skip === 0) add(node, kind);
-    else if (kind === 'fail' && child.fail === 0) add(node, 'fail');
+    if (!child || child.pass + child.fail + child.skip === 0) {
+      add(node, kind);
+      if (kind === 'fail') recordFailure(node, res);
+    } else if (kind === 'fail' && child.fail === 0) {
+      add(node, 'fail');
+      recordFailure(node, res);
+    }
   });
 }
 
@@ -47,7 +69,14 @@ const root = newNode(undefined);
 watch(parser, root);
 parser.on('complete', (results) => {
   const seen = root.pass + root.fail + root.skip;
-  if (seen > 0 && !results.ok && root.fail === 0) root.fail = 1;
+  if (seen > 0 && !results.ok && root.fail === 0) {
+    root.fail = 1;
+    failures.push(`the TAP stream ended broken: ${JSON.stringify(results.failures ?? []).slice(0, 2000)}`);
+  }
+  if (failures.length > 0) {
+    console.error(`${failures.length} failure(s):`);
+    for (const failure of failures) console.error(`  not ok: ${failure}`);
+  }
   console.log(`${root.pass} ${root.fail} ${root.skip}`);
 });
 parser.end(readFileSync(file, 'utf8'));

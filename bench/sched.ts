@@ -1,35 +1,37 @@
 // The sched collector's cost per program run against an equivalent bpftrace
 // run-queue-latency script (a per-pid wait start, a per-cgroup log2
 // histogram) on the same tracepoints, under the same context-switch load,
-// in interleaved rounds. bpftrace's programs are found by id in bpftool.
-import { spawn, type ChildProcess } from 'node:child_process';
-import { once } from 'node:events';
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
-import os from 'node:os';
-import path from 'node:path';
+// in interleaved rounds; and the ping-pong's time per round trip with the
+// collector attached versus without.
 import type { NativeAddon } from '../src/bpf/addon.js';
 import { schedCollector } from '../src/collectors/sched.js';
 import { execChecked } from '../test/helpers/proc.js';
-import { waitFor } from '../test/helpers/wait.js';
 import { compileC } from '../test/helpers/workload.js';
-import { collectorContext, medianRow, nsPerRun, runTotals, type BenchOptions, type BenchSection } from './common.js';
+import { startBpftrace } from './bpftrace.js';
+import { collectorContext, medianRow, withTarget, nsPerRun, runTotals, type BenchOptions, type BenchSection } from './common.js';
 
-/** Two processes bounce a byte over pipes N times: two wakeups and switches per round trip. */
+/** Two processes bounce a byte over pipes N times (two wakeups and switches per round trip); prints the mean ns per round trip. */
 const pingPongSource = `
+#include <stdio.h>
 #include <stdlib.h>
+#include <time.h>
 #include <unistd.h>
 #include <sys/wait.h>
 int main(int argc, char **argv) {
   long n = atol(argv[1]);
   int there[2], back[2];
   char c = 0;
+  struct timespec a, b;
   if (pipe(there) || pipe(back)) return 1;
   if (fork() == 0) {
     for (long i = 0; i < n; i++) { if (read(there[0], &c, 1) != 1 || write(back[1], &c, 1) != 1) return 1; }
     return 0;
   }
+  clock_gettime(CLOCK_MONOTONIC, &a);
   for (long i = 0; i < n; i++) { if (write(there[1], &c, 1) != 1 || read(back[0], &c, 1) != 1) return 1; }
+  clock_gettime(CLOCK_MONOTONIC, &b);
   wait(NULL);
+  printf("%.1f\\n", ((b.tv_sec - a.tv_sec) * 1e9 + (b.tv_nsec - a.tv_nsec)) / n);
   return 0;
 }
 `;
@@ -44,43 +46,11 @@ tracepoint:sched:sched_switch {
 }
 `;
 
-interface BpftoolProgram {
-  id: number;
-  type: string;
-  run_time_ns?: number;
-  run_cnt?: number;
-}
-
-async function listPrograms(): Promise<BpftoolProgram[]> {
-  return JSON.parse(await execChecked('bpftool', ['prog', 'show', '-j'])) as BpftoolProgram[];
-}
-
-/** bpftrace running the script; resolves once its three programs are loaded. */
-async function startBpftrace(scriptFile: string): Promise<{ child: ChildProcess; ids: Set<number> }> {
-  const known = new Set((await listPrograms()).map((p) => p.id));
-  const child = spawn('bpftrace', [scriptFile], { stdio: 'ignore' });
-  const ids = await waitFor(
-    async () => {
-      if (child.exitCode !== null) throw new Error(`bpftrace exited with ${child.exitCode}`);
-      const fresh = (await listPrograms()).filter((p) => p.type === 'tracepoint' && !known.has(p.id));
-      return fresh.length >= 3 ? new Set(fresh.map((p) => p.id)) : undefined;
-    },
-    { timeoutMs: 60_000, intervalMs: 200, what: 'bpftrace to load its programs' },
-  );
-  return { child, ids };
-}
-
-async function bpftraceTotals(ids: Set<number>): Promise<{ runs: number; timeNs: number }> {
-  const programs = (await listPrograms()).filter((p) => ids.has(p.id));
-  return { runs: programs.reduce((n, p) => n + (p.run_cnt ?? 0), 0), timeNs: programs.reduce((n, p) => n + (p.run_time_ns ?? 0), 0) };
-}
-
 export async function benchSched(addon: NativeAddon, opts: BenchOptions): Promise<BenchSection> {
   const pingPong = await compileC('ping-pong', pingPongSource);
-  const scriptDir = mkdtempSync(path.join(os.tmpdir(), 'pp-runqlat-'));
-  const scriptFile = path.join(scriptDir, 'runqlat.bt');
-  writeFileSync(scriptFile, runqlatScript);
-  const load = () => execChecked(pingPong.binary, [String(opts.quick ? 20_000 : 200_000)], { timeoutMs: 120_000 });
+  const roundTrips = opts.quick ? 20_000 : 200_000;
+  /** Runs the load; resolves with its ns per round trip. */
+  const load = async (): Promise<number> => Number(await execChecked(pingPong.binary, [String(roundTrips)], { timeoutMs: 120_000 }));
   try {
     const cost = { bpftrace: [] as number[], collector: [] as number[] };
     const stats = addon.enableStats();
@@ -96,29 +66,39 @@ export async function benchSched(addon: NativeAddon, opts: BenchOptions): Promis
           await collector.stop();
         }
 
-        const bpftrace = await startBpftrace(scriptFile);
+        const bpftrace = await startBpftrace(runqlatScript, 3);
         try {
-          const before = await bpftraceTotals(bpftrace.ids);
+          const before = await bpftrace.totals();
           await load();
-          cost.bpftrace.push(nsPerRun(before, await bpftraceTotals(bpftrace.ids)));
+          cost.bpftrace.push(nsPerRun(before, await bpftrace.totals()));
         } finally {
-          const { child } = bpftrace;
-          if (child.exitCode === null && child.signalCode === null) {
-            const exited = once(child, 'exit');
-            child.kill('SIGKILL');
-            await exited;
-          }
+          await bpftrace.stop();
         }
       }
     } finally {
       addon.disableStats(stats);
     }
+
+    // Workload slowdown, statistics off, interleaved.
+    const roundTripNs = { without: [] as number[], with: [] as number[] };
+    for (let round = 0; round < opts.rounds; round++) {
+      roundTripNs.without.push(await load());
+      const collector = schedCollector(collectorContext(addon));
+      await collector.start();
+      try {
+        roundTripNs.with.push(await load());
+      } finally {
+        await collector.stop();
+      }
+    }
     return {
-      rows: [medianRow('sched programs per run (ns, bpf_stats)', 'bpftrace run-queue latency script', cost.bpftrace, cost.collector)],
-      samples: { schedCost: cost },
+      rows: [
+        withTarget(medianRow('sched programs per run (ns, bpf_stats)', 'bpftrace run-queue latency script', cost.bpftrace, cost.collector), 'ratio ≤ 1/3', (r) => r.ratio <= 1 / 3),
+        medianRow('pipe ping-pong (ns per round trip, 2 context switches)', 'no agent', roundTripNs.without, roundTripNs.with),
+      ],
+      samples: { schedCost: cost, pingPongNs: roundTripNs },
     };
   } finally {
     pingPong.remove();
-    rmSync(scriptDir, { recursive: true, force: true });
   }
 }

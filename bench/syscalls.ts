@@ -1,13 +1,15 @@
 // The syscalls collector's cost: per syscall (enter + exit) against empty
 // programs on the same raw_syscalls hooks (kernel run-time statistics), and
-// the slowdown of a getppid loop with the collector attached versus without,
-// in interleaved rounds.
+// against a bpftrace per-cgroup, per-syscall count (a peer doing less: one
+// program, no latency), and the slowdown of a getppid loop with the
+// collector attached versus without, in interleaved rounds.
 import path from 'node:path';
 import { bpfObjectDir, type NativeAddon, type ProgramInfo } from '../src/bpf/addon.js';
 import { syscallsCollector } from '../src/collectors/syscalls.js';
 import { execChecked } from '../test/helpers/proc.js';
 import { compileC } from '../test/helpers/workload.js';
-import { collectorContext, medianRow, nsPerRun, runTotals, type BenchOptions, type BenchSection } from './common.js';
+import { startBpftrace } from './bpftrace.js';
+import { collectorContext, medianRow, withTarget, nsPerRun, runTotals, type BenchOptions, type BenchSection } from './common.js';
 
 /** Makes N getppid syscalls and prints the mean ns per call (clock_gettime is vDSO: no syscall of its own). */
 const loopSource = `
@@ -26,6 +28,9 @@ int main(int argc, char **argv) {
   return 0;
 }
 `;
+
+/** What the simplest per-workload syscall accounting in bpftrace looks like. */
+const syscountScript = `tracepoint:raw_syscalls:sys_enter { @[cgroup, args->id] = count(); }\n`;
 
 interface Attached {
   programs(): ProgramInfo[];
@@ -51,7 +56,7 @@ export async function benchSyscalls(addon: NativeAddon, opts: BenchOptions): Pro
   const calls = opts.quick ? 300_000 : 2_000_000;
   const nsPerCall = async (): Promise<number> => Number(await execChecked(loop.binary, [String(calls)]));
   try {
-    const cost = { empty: [] as number[], collector: [] as number[] };
+    const cost = { empty: [] as number[], collector: [] as number[], bpftrace: [] as number[] };
     const stats = addon.enableStats();
     try {
       for (let round = 0; round < opts.rounds; round++) {
@@ -65,6 +70,15 @@ export async function benchSyscalls(addon: NativeAddon, opts: BenchOptions): Pro
           } finally {
             await attached.detach();
           }
+        }
+        const bpftrace = await startBpftrace(syscountScript, 1);
+        try {
+          const before = await bpftrace.totals();
+          await nsPerCall();
+          // One program run (enter) per syscall.
+          cost.bpftrace.push(nsPerRun(before, await bpftrace.totals()));
+        } finally {
+          await bpftrace.stop();
         }
       }
     } finally {
@@ -84,6 +98,7 @@ export async function benchSyscalls(addon: NativeAddon, opts: BenchOptions): Pro
     return {
       rows: [
         medianRow('syscall programs per syscall (ns, enter+exit, bpf_stats)', 'empty raw_syscalls programs', cost.empty, cost.collector),
+        withTarget(medianRow('syscall programs per syscall vs bpftrace (ns, bpf_stats)', 'bpftrace per-cgroup syscall count', cost.bpftrace, cost.collector), 'ratio ≤ 1/3', (r) => r.ratio <= 1 / 3),
         medianRow('getppid loop (ns per call)', 'no agent', loopNs.without, loopNs.with),
       ],
       samples: { syscallCost: cost, getppidNs: loopNs },

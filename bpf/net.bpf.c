@@ -2,7 +2,8 @@
 /* Network collector: bytes and packets per workload, direction and L4
  * protocol, counted at TC on the node's interfaces and summed per CPU in the
  * kernel; and, per workload and direction, the same per peer (the flow
- * matrix). It only observes: every packet continues (TC_ACT_UNSPEC, which is
+ * matrix); and the live 5-tuple flow table (an LRU: one lookup per packet
+ * for a known flow), with SYN/FIN/RST counts per workload. It only observes: every packet continues (TC_ACT_UNSPEC, which is
  * also TCX_NEXT). */
 #include "vmlinux.h"
 #include <bpf/bpf_helpers.h>
@@ -64,6 +65,8 @@ static const struct traffic_value zero_traffic;
 
 /* Set by userspace before load: whether the peer matrix is counted at all. */
 const volatile bool flows_enabled = true;
+/* Set by userspace before load: whether the 5-tuple flow table is kept. */
+const volatile bool conns_enabled = true;
 
 /* Peer classes; userspace numbers configured CIDR names from PEER_FIRST_NAMED. */
 enum peer_class { PEER_WORLD = 0, PEER_POD = 1, PEER_HOST = 2, PEER_NODE = 3, PEER_FIRST_NAMED = 4 };
@@ -123,6 +126,75 @@ struct {
 	__type(value, struct iface_config);
 } net_ifaces SEC(".maps");
 
+/* What the peer matrix and the flow table read of a packet, loaded once. */
+struct packet {
+	__u8 saddr[16]; /* IPv4 in the first 4 bytes */
+	__u8 daddr[16];
+	__u16 sport; /* network byte order; 0 when there is no port (ICMP, a later fragment) */
+	__u16 dport;
+	__u8 ip_proto;
+	__u8 tcp_flags;
+};
+
+/* Mirrors src/collectors/network-decode.ts (connKey*). The addresses and
+ * ports are the workload's (local) and the far end's (remote), so both
+ * directions of a connection are one entry. */
+struct conn_key {
+	__u64 cgroup_id; /* as traffic_key */
+	__u32 ifindex;   /* as traffic_key */
+	__u8 family;
+	__u8 ip_proto;
+	__u16 local_port;
+	__u16 remote_port;
+	__u8 pad[2];
+	__u8 local_addr[16];
+	__u8 remote_addr[16];
+	__u8 pad2[4];
+};
+
+struct conn_value {
+	__u64 first_ns; /* bpf_ktime_get_ns (CLOCK_MONOTONIC) */
+	__u64 last_ns;
+	__u64 bytes[2];   /* by direction as the workload sees it */
+	__u64 packets[2];
+	__u8 tcp_flags[2]; /* flags seen, by direction */
+	__u8 opened_by;    /* direction of the first packet seen */
+	__u8 pad[5];
+};
+
+/* Shared, not per-CPU: a flow's packets land on several CPUs, and one entry
+ * per flow is what bounds the table. LRU: the idle-most flows make room. */
+struct {
+	__uint(type, BPF_MAP_TYPE_LRU_HASH);
+	__uint(max_entries, 65536); /* sized by userspace (collectors.network.flowTable.maxEntries) */
+	__type(key, struct conn_key);
+	__type(value, struct conn_value);
+} net_conns SEC(".maps");
+
+/* Mirrors src/collectors/network-decode.ts (tcpFlags). */
+enum tcp_flag { FLAG_SYN = 0, FLAG_FIN = 1, FLAG_RST = 2 };
+#define TCP_FIN 0x01
+#define TCP_SYN 0x02
+#define TCP_RST 0x04
+
+struct tcp_flag_key {
+	__u64 cgroup_id; /* as traffic_key */
+	__u32 ifindex;
+	__u8 direction;
+	__u8 flag;
+	__u8 pad[2];
+};
+
+/* Control segments only: updated for the few packets that carry SYN, FIN or RST. */
+struct {
+	__uint(type, BPF_MAP_TYPE_PERCPU_HASH);
+	__uint(max_entries, 16384); /* sized by userspace (collectors.network.maxEntries / 4) */
+	__type(key, struct tcp_flag_key);
+	__type(value, __u64);
+} net_tcp_flags SEC(".maps");
+
+static const __u64 zero_u64;
+
 static __always_inline __u8 classify_l4(__u8 ip_proto)
 {
 	switch (ip_proto) {
@@ -138,33 +210,134 @@ static __always_inline __u8 classify_l4(__u8 ip_proto)
 	}
 }
 
-/* The upper-layer protocol behind IPv6 extension headers, bounded. */
-static __always_inline __u8 ipv6_l4(struct __sk_buff *skb, __u32 offset)
+/* The upper-layer protocol behind IPv6 extension headers, bounded; *l4 is
+ * where its header starts, 0 when it has none here (a later fragment). */
+static __always_inline __u8 ipv6_l4(struct __sk_buff *skb, __u32 offset, __u32 *l4)
 {
 	__u8 next;
 
+	*l4 = 0;
 	if (bpf_skb_load_bytes(skb, offset + 6, &next, 1))
-		return PROTO_OTHER;
+		return IPPROTO_RAW;
 	offset += 40;
 #pragma unroll
 	for (int i = 0; i < IPV6_EXT_HEADERS_MAX; i++) {
-		__u8 ext[2];
+		__u8 ext[4];
 
 		if (next != IPPROTO_HOPOPTS && next != IPPROTO_ROUTING &&
 		    next != IPPROTO_DSTOPTS && next != IPPROTO_FRAGMENT)
 			break;
 		if (bpf_skb_load_bytes(skb, offset, ext, sizeof(ext)))
-			return PROTO_OTHER;
-		/* the fragment header has a fixed size; the others say theirs in 8-byte units */
-		offset += next == IPPROTO_FRAGMENT ? 8 : ((__u32)ext[1] + 1) * 8;
+			return IPPROTO_RAW;
+		if (next == IPPROTO_FRAGMENT) {
+			/* the fragment header has a fixed size; only the first fragment carries ports */
+			if (((ext[2] << 8) | ext[3]) & 0xFFF8)
+				return ext[0];
+			offset += 8;
+		} else {
+			offset += ((__u32)ext[1] + 1) * 8;
+		}
 		next = ext[0];
 	}
-	return classify_l4(next);
+	*l4 = offset;
+	return next;
+}
+
+/* Addresses, ports and TCP flags, for the peer matrix and the flow table. */
+static __always_inline int parse_packet(struct __sk_buff *skb, __u8 family, __u8 ip_proto, __u32 l3, __u32 l4, struct packet *pkt)
+{
+	pkt->ip_proto = ip_proto;
+	if (family == FAMILY_IPV4) {
+		if (bpf_skb_load_bytes(skb, l3 + 12, pkt->saddr, 4) || bpf_skb_load_bytes(skb, l3 + 16, pkt->daddr, 4))
+			return -1;
+	} else {
+		if (bpf_skb_load_bytes(skb, l3 + 8, pkt->saddr, 32))
+			return -1;
+	}
+	if (!l4)
+		return 0;
+	if (ip_proto == IPPROTO_TCP || ip_proto == IPPROTO_UDP) {
+		__u16 ports[2];
+
+		if (bpf_skb_load_bytes(skb, l4, ports, sizeof(ports)))
+			return 0;
+		pkt->sport = ports[0];
+		pkt->dport = ports[1];
+		if (ip_proto == IPPROTO_TCP && bpf_skb_load_bytes(skb, l4 + 13, &pkt->tcp_flags, 1))
+			pkt->tcp_flags = 0;
+	}
+	return 0;
+}
+
+static __always_inline void count_tcp_flag(const struct traffic_key *traffic, __u8 flag)
+{
+	struct tcp_flag_key key = {
+		.cgroup_id = traffic->cgroup_id,
+		.ifindex = traffic->ifindex,
+		.direction = traffic->direction,
+		.flag = flag,
+	};
+	__u64 *value = pp_lookup_or_init(&net_tcp_flags, &key, &zero_u64);
+
+	if (value)
+		*value += 1;
+}
+
+/* The hot path for a known flow: one LRU lookup, then adds in place. */
+static __always_inline void count_conn(struct __sk_buff *skb, const struct traffic_key *traffic, const struct packet *pkt)
+{
+	bool egress = traffic->direction == DIR_EGRESS;
+	struct conn_key key = {
+		.cgroup_id = traffic->cgroup_id,
+		.ifindex = traffic->ifindex,
+		.family = traffic->family,
+		.ip_proto = pkt->ip_proto,
+		.local_port = egress ? pkt->sport : pkt->dport,
+		.remote_port = egress ? pkt->dport : pkt->sport,
+	};
+	__u64 now = bpf_ktime_get_ns();
+	struct conn_value *value;
+
+	__builtin_memcpy(key.local_addr, egress ? pkt->saddr : pkt->daddr, 16);
+	__builtin_memcpy(key.remote_addr, egress ? pkt->daddr : pkt->saddr, 16);
+	value = bpf_map_lookup_elem(&net_conns, &key);
+	if (!value) {
+		struct conn_value fresh = { .first_ns = now, .last_ns = now, .opened_by = traffic->direction };
+
+		/* A racing CPU may have created it: then its entry stays, and we add to it. */
+		bpf_map_update_elem(&net_conns, &key, &fresh, BPF_NOEXIST);
+		value = bpf_map_lookup_elem(&net_conns, &key);
+		if (!value)
+			return;
+	}
+	if (egress) {
+		__sync_fetch_and_add(&value->bytes[DIR_EGRESS], skb->len);
+		__sync_fetch_and_add(&value->packets[DIR_EGRESS], 1);
+	} else {
+		__sync_fetch_and_add(&value->bytes[DIR_INGRESS], skb->len);
+		__sync_fetch_and_add(&value->packets[DIR_INGRESS], 1);
+	}
+	if (value->last_ns < now)
+		value->last_ns = now;
+	if (pkt->tcp_flags) {
+		/* A plain OR (no 8-bit atomics before BPF v3): one direction's
+		 * control segments come one at a time. */
+		__u8 *seen = egress ? &value->tcp_flags[DIR_EGRESS] : &value->tcp_flags[DIR_INGRESS];
+
+		if ((*seen & pkt->tcp_flags) != pkt->tcp_flags)
+			*seen |= pkt->tcp_flags;
+		if (pkt->tcp_flags & TCP_SYN)
+			count_tcp_flag(traffic, FLAG_SYN);
+		if (pkt->tcp_flags & TCP_FIN)
+			count_tcp_flag(traffic, FLAG_FIN);
+		if (pkt->tcp_flags & TCP_RST)
+			count_tcp_flag(traffic, FLAG_RST);
+	}
 }
 
 /* The peer is the far end as the workload sees it: the destination of what
  * it sends, the source of what it receives. */
-static __always_inline void count_flow(struct __sk_buff *skb, const struct traffic_key *traffic, __u32 l3)
+static __always_inline void count_flow(struct __sk_buff *skb, const struct traffic_key *traffic, const struct packet *pkt)
 {
 	bool peer_is_destination = traffic->direction == DIR_EGRESS;
 	struct flow_key key = {
@@ -176,14 +349,7 @@ static __always_inline void count_flow(struct __sk_buff *skb, const struct traff
 	struct peer_address peer = { .family = traffic->family };
 	__u16 *class;
 
-	if (traffic->family == FAMILY_IPV4) {
-		if (bpf_skb_load_bytes(skb, l3 + (peer_is_destination ? 16 : 12), peer.addr, 4))
-			return;
-	} else {
-		if (bpf_skb_load_bytes(skb, l3 + (peer_is_destination ? 24 : 8), peer.addr, 16))
-			return;
-	}
-
+	__builtin_memcpy(peer.addr, peer_is_destination ? pkt->daddr : pkt->saddr, sizeof(peer.addr));
 	class = bpf_map_lookup_elem(&net_peer_addresses, &peer);
 	if (!class) {
 		struct peer_prefix prefix = {
@@ -210,8 +376,8 @@ static __always_inline void count(struct __sk_buff *skb, bool tc_ingress)
 	__u32 ifindex = skb->ifindex;
 	struct iface_config *config = bpf_map_lookup_elem(&net_ifaces, &ifindex);
 	struct traffic_key key = {};
-	__u32 l3 = config ? config->l3_offset : ETH_HLEN;
-	__u8 ip_proto;
+	__u32 l3 = config ? config->l3_offset : ETH_HLEN, l4 = 0;
+	__u8 ip_proto = IPPROTO_RAW;
 
 	if (config && config->attribution == ATTR_PEER_WORKLOAD) {
 		key.ifindex = ifindex;
@@ -225,20 +391,34 @@ static __always_inline void count(struct __sk_buff *skb, bool tc_ingress)
 	}
 
 	if (skb->protocol == bpf_htons(ETH_P_IP)) {
+		__u8 header[8];
+
 		key.family = FAMILY_IPV4;
-		key.protocol = bpf_skb_load_bytes(skb, l3 + 9, &ip_proto, 1) ? PROTO_OTHER : classify_l4(ip_proto);
+		if (!bpf_skb_load_bytes(skb, l3, header, sizeof(header)) && !bpf_skb_load_bytes(skb, l3 + 9, &ip_proto, 1)) {
+			/* a later fragment carries no ports */
+			if (!(((header[6] << 8) | header[7]) & 0x1FFF))
+				l4 = l3 + (header[0] & 0x0F) * 4;
+		}
 	} else if (skb->protocol == bpf_htons(ETH_P_IPV6)) {
 		key.family = FAMILY_IPV6;
-		key.protocol = ipv6_l4(skb, l3);
+		ip_proto = ipv6_l4(skb, l3, &l4);
 	}
+	key.protocol = key.family == FAMILY_OTHER ? PROTO_OTHER : classify_l4(ip_proto);
 
 	struct traffic_value *value = pp_lookup_or_init(&net_traffic, &key, &zero_traffic);
 	if (value) {
 		value->bytes += skb->len;
 		value->packets += 1;
 	}
-	if (flows_enabled && key.family != FAMILY_OTHER)
-		count_flow(skb, &key, l3);
+	if ((!flows_enabled && !conns_enabled) || key.family == FAMILY_OTHER)
+		return;
+	struct packet pkt = {};
+	if (parse_packet(skb, key.family, ip_proto, l3, l4, &pkt))
+		return;
+	if (flows_enabled)
+		count_flow(skb, &key, &pkt);
+	if (conns_enabled)
+		count_conn(skb, &key, &pkt);
 }
 
 SEC("tc")

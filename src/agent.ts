@@ -7,15 +7,16 @@ import { ConfigError, type AgentConfig } from './config.js';
 import { appliesLive, changedKeys, effectiveConfig, type ConfigChange } from './reload.js';
 import type { Logger } from './log.js';
 import { describeError } from './errors.js';
-import { ensureBpffs, ensureTracefs, findCgroup2Mount } from './system/mounts.js';
+import { ensureBpffs, ensureTracefs, findCgroup2Mount, onBpffs } from './system/mounts.js';
 import { CgroupPaths } from './identity/cgroups.js';
 import { NetnsWorkloads } from './identity/netns.js';
 import { StandaloneIdentity, type Identity } from './identity/identity.js';
-import { clusterPodInformer, KubernetesIdentity, loadKubeConfig, nodeAddressInformer, PodWatcher } from './identity/kubernetes.js';
+import type { PodWatcher } from './identity/kubernetes.js';
 import type { SlimInformer } from './identity/slim-informer.js';
 import type { CollectorContext } from './collectors/collector.js';
 import { CollectorManager } from './collectors/manager.js';
 import { collectorFactories } from './collectors/index.js';
+import { customPrefix } from './collectors/custom.js';
 import { PrometheusExporter } from './exporters/prometheus.js';
 import { OtlpExporter } from './exporters/otlp.js';
 import { agentVersion } from './version.js';
@@ -23,12 +24,17 @@ import { buildServer } from './server.js';
 import { AgentEvents } from './api/events.js';
 import { AgentService } from './api/service.js';
 import { GrpcApi } from './api/grpc.js';
+import { Guard } from './auth/guard.js';
+import { KubernetesReviewer } from './auth/kubernetes.js';
+import { watchTls, tlsEnabled } from './auth/tls.js';
 import { hostChecks } from './doctor.js';
 import { EventPipeline } from './events/pipeline.js';
+import { SecurityMonitor } from './events/security.js';
 
 export class Agent {
   private manager: CollectorManager | undefined;
-  private server: ReturnType<typeof buildServer> | undefined;
+  private server: ReturnType<typeof buildServer>['app'] | undefined;
+  private stopTlsWatch: (() => void) | undefined;
   private statsHandle: number | undefined;
   private addon: NativeAddon | undefined;
   private ready = false;
@@ -39,6 +45,7 @@ export class Agent {
   private readonly events = new AgentEvents();
   private grpc: GrpcApi | undefined;
   private pipeline: EventPipeline | undefined;
+  private security: SecurityMonitor | undefined;
   private nodeName: string | undefined;
 
   private ctx: CollectorContext | undefined;
@@ -62,6 +69,8 @@ export class Agent {
     const changed = changedKeys(current, next);
     const change: ConfigChange = { applied: changed.filter(appliesLive), restartRequired: changed.filter((k) => !appliesLive(k)) };
     const effective = effectiveConfig(current, next);
+    // First, as it may refuse the reload (a bad rule file: ConfigError) before anything changed.
+    this.security?.rules.reload(effective.security.rules);
     const manager = this.manager;
     const ctx = this.ctx;
     if (manager && ctx) {
@@ -82,12 +91,13 @@ export class Agent {
 
   /** Starts collectors and the server; resolves with the bound address. */
   async start(): Promise<string> {
-    const { config, log } = this;
-    for (const result of hostChecks(config)) {
+    const { log } = this;
+    for (const result of hostChecks(this.config)) {
       const { verdict, ...fields } = result;
       log[verdict === 'PASS' ? 'info' : 'warn']({ ...fields, verdict }, 'preflight check');
     }
     this.prepareHost();
+    const { config } = this;
     const addon = loadAddon();
     this.addon = addon;
     if (config.bpfStats) {
@@ -104,16 +114,19 @@ export class Agent {
     const ctx: CollectorContext = { config, log, addon, identity, events: this.events };
     this.ctx = ctx;
     const disabled = new Set(Object.entries(config.collectors).filter(([, section]) => !section.enabled).map(([name]) => name));
+    for (const probe of config.customProbes.disabled) disabled.add(`${customPrefix}${probe}`);
     const manager = new CollectorManager(collectorFactories(ctx), log, this.statsHandle !== undefined, disabled, this.events);
     this.manager = manager;
 
     const pipeline = new EventPipeline({ config, log, addon, identity });
     this.pipeline = pipeline;
-    const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...pipeline.metrics(), ...(this.otlp?.metrics() ?? [])];
+    const security = new SecurityMonitor({ config, log, identity, pipeline });
+    this.security = security;
+    const collect = async () => [...(await manager.collect()), ...identity.metrics(), ...pipeline.metrics(), ...security.metrics(), ...(this.otlp?.metrics() ?? [])];
     if (config.otlp.endpoint) {
       this.otlp = new OtlpExporter(config.otlp, collect, { version: agentVersion, nodeName: this.nodeName }, log.child({ component: 'otlp' }));
     }
-    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...pipeline.families, ...(this.otlp?.families ?? [])], collect);
+    const exporter = new PrometheusExporter([...manager.descriptors(), ...identity.families, ...pipeline.families, ...security.families, ...(this.otlp?.families ?? [])], collect);
     const service = new AgentService({
       events: this.events,
       pipeline,
@@ -123,16 +136,24 @@ export class Agent {
       bpfStats: this.statsHandle !== undefined,
       reload: () => this.reload(),
       collectionMaxAgeMs: config.collectionMaxAgeSeconds * 1000,
+      collectionAhead: config.collectionAhead,
     });
-    this.server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service });
-    const address = await this.server.listen({ host: config.listen.host, port: config.listen.port });
-    log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release() }, 'listening');
+    const reviewer = config.auth.mode === 'kubernetes' ? await KubernetesReviewer.create(config.kubernetes.kubeconfig, config.auth.cacheTtlSeconds * 1000, log.child({ component: 'auth' })) : undefined;
+    const guard = new Guard(config, { log, reviewer, namespaces: () => this.pods?.namespaces() ?? [] });
+    const server = buildServer({ log, exporter, ready: () => this.ready, collectors: () => manager.states(), service, guard, tls: config.tls, limits: config.limits });
+    this.server = server.app;
+    if (tlsEnabled(config.tls)) this.stopTlsWatch = watchTls(config.tls, log.child({ component: 'tls' }), server.setSecureContext);
+    const bound = await this.server.listen({ host: config.listen.host, port: config.listen.port });
+    // fastify names the scheme after its own options; the node server under it speaks TLS when the files are set.
+    const address = tlsEnabled(config.tls) ? bound.replace(/^http:/, 'https:') : bound;
+    log.info({ address, mode: identity.mode, cgroupRoot: cgroupRoot ?? null, kernel: os.release(), auth: config.auth.mode, tls: tlsEnabled(config.tls), mutualTls: config.tls.clientCaFile !== '' }, 'listening');
     if (config.grpcListen) {
-      this.grpc = new GrpcApi(service, log.child({ component: 'grpc' }));
+      this.grpc = new GrpcApi(service, log.child({ component: 'grpc' }), guard, config.tls);
       const port = await this.grpc.listen(config.grpcListen);
       log.info({ address: `${config.grpcListen.host}:${port}` }, 'gRPC API listening');
     }
     await manager.start();
+    await security.start();
     this.ready = true;
     return address;
   }
@@ -141,6 +162,8 @@ export class Agent {
     this.ready = false;
     await this.grpc?.close();
     await this.server?.close();
+    this.stopTlsWatch?.();
+    await this.security?.stop();
     await this.pipeline?.stop();
     await this.otlp?.stop();
     // Pins removed under us (probepilot agent --cleanup in the container before an uninstall): leave nothing behind.
@@ -161,6 +184,8 @@ export class Agent {
     const nodeName = kubernetes.nodeName || process.env.NODE_NAME || os.hostname();
     this.nodeName = nodeName;
     const log = this.log.child({ component: 'kubernetes' });
+    // Loaded only in this mode: the client library costs about 85 MB of RSS that a standalone agent need not pay.
+    const { clusterPodInformer, KubernetesIdentity, loadKubeConfig, nodeAddressInformer, PodWatcher } = await import('./identity/kubernetes.js');
     const kc = loadKubeConfig(kubernetes.kubeconfig);
     this.pods = new PodWatcher({ kc, nodeName, relistIntervalMs: kubernetes.relistIntervalSeconds * 1000, log, events: this.events });
     const nodes = kubernetes.nodePeers ? nodeAddressInformer(kc, log) : undefined;
@@ -186,6 +211,11 @@ export class Agent {
       } catch (err) {
         this.log.warn({ err: describeError(err) }, `cannot mount ${what}`);
       }
+    }
+    // Without bpffs nothing can be pinned: every collector would fail to load. They run unpinned instead.
+    if (this.config.pins.enabled && !onBpffs(this.config.pins.root)) {
+      this.log.warn({ pinRoot: this.config.pins.root }, 'pins.root is not on a bpffs (not mounted, and it cannot be mounted here): running without pins, counters start over at each restart');
+      this.config = { ...this.config, pins: { ...this.config.pins, enabled: false } };
     }
   }
 }

@@ -1,13 +1,14 @@
 #!/usr/bin/env node
 // probepilot: the agent (`probepilot agent`, `--cleanup` to remove what it
 // leaves running) and the commands an operator runs against it (status,
-// flows, top, collectors, reload, trace syscall/network; doctor checks the host).
+// flows, top, collectors, reload, trace syscall/network; doctor checks the host;
+// explain asks Prometheus why a workload misbehaves).
 import { Command, InvalidArgumentError, Option } from 'commander';
 import { ConfigError, readConfigFile, resolveConfig } from './config.js';
 import { createLogger, logLevels } from './log.js';
 import { agentVersion } from './version.js';
 import { AgentClient, AgentRequestError, defaultAgentUrl, renderClusterFlows, renderClusterStatus, renderCollectors, renderFlows, renderStatus, renderTable, renderTraceEvent, streamEvents } from './client.js';
-import { compareWorkloads, flowDirections, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult, type WorkloadSort, type WorkloadsResult } from './api/service.js';
+import { compareWorkloads, flowDirections, securityKinds, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentStatus, type CollectorStatus, type FlowQuery, type FlowsResult, type WorkloadSort, type WorkloadsResult } from './api/service.js';
 import type { TopSnapshot } from './top-view.js';
 import type { ConfigChange } from './reload.js';
 
@@ -164,7 +165,7 @@ withClusterMode(clientCommand('flows', 'top flows per workload and peer (or prot
   .option('--pod <pod>', 'only this pod (a cgroup path in standalone mode)')
   .option('--peer <peer>', 'only this peer: workload, namespace/workload or class (host, node, world, …)')
   .addOption(new Option('--direction <direction>', 'only this direction').choices(flowDirections))
-  .addOption(new Option('--view <view>', 'split by peer or by protocol').choices(flowViews).default('peer'))
+  .addOption(new Option('--view <view>', 'split by peer or by protocol, or the live 5-tuple flow table (5tuple)').choices(flowViews).default('peer'))
   .addOption(new Option('--protocol <protocol>', 'only this protocol (view protocol)').choices(flowProtocols))
   .addOption(new Option('--sort <field>', 'order by').choices(flowSorts).default('bytes'))
   .option('--top <n>', 'how many', '20')
@@ -292,6 +293,25 @@ clientCommand('reload', 'make the agent read its configuration again (as SIGHUP)
   },
 );
 
+program
+  .command('explain')
+  .description('why a workload misbehaves, from Prometheus: each signal scored against its own last day and its node\'s other workloads, ranked findings with onsets and evidence')
+  .argument('<target>', 'NAMESPACE/WORKLOAD')
+  .requiredOption('--prometheus <url>', 'the Prometheus that scrapes the agents')
+  .option('--at <time>', 'evaluate at this past instant: RFC 3339 or Unix seconds (default now)')
+  .option('--window <duration>', 'how far back a deviation may begin (30m, 1h, 2h30m)', '1h')
+  .addOption(new Option('-o, --output <format>', 'output format').choices(['text', 'json']).default('text'))
+  .action(async (target: string, options: { prometheus: string; at?: string; window: string; output: 'text' | 'json' }) => {
+    const { explain, parseDuration, parseTarget, parseTime, renderExplain } = await import('./insights/explain.js');
+    const result = await explain({
+      prometheus: options.prometheus,
+      ...parseTarget(target),
+      windowSeconds: parseDuration(options.window, '--window'),
+      ...(options.at !== undefined ? { at: parseTime(options.at, '--at') } : {}),
+    });
+    process.stdout.write(options.output === 'json' ? `${JSON.stringify(result, null, 2)}\n` : renderExplain(result));
+  });
+
 const trace = program.command('trace').description('live per-event streams, filtered in the kernel and attached only while you watch (Ctrl-C stops)');
 
 interface TraceOptions {
@@ -300,11 +320,12 @@ interface TraceOptions {
   namespace?: string;
   pod?: string;
   syscall?: string;
+  kinds?: string;
   count?: number;
   duration?: number;
 }
 
-function traceCommand(kind: 'syscall' | 'network', description: string): Command {
+function traceCommand(kind: 'syscall' | 'network' | 'security', description: string): Command {
   return trace
     .command(kind)
     .description(description)
@@ -316,12 +337,13 @@ function traceCommand(kind: 'syscall' | 'network', description: string): Command
     .option('--duration <seconds>', 'stop after this long', numberIn(0.001, 31_536_000, 'seconds'));
 }
 
-async function runTrace(kind: 'syscall' | 'network', options: TraceOptions): Promise<void> {
+async function runTrace(kind: 'syscall' | 'network' | 'security', options: TraceOptions): Promise<void> {
   const { count, duration } = options;
   const query = new URLSearchParams({ types: kind });
   if (options.namespace !== undefined) query.set('namespace', options.namespace);
   if (options.pod !== undefined) query.set('pod', options.pod);
   if (options.syscall !== undefined) query.set('syscalls', options.syscall);
+  if (options.kinds !== undefined) query.set('kinds', options.kinds);
   const stop = new AbortController();
   process.once('SIGINT', () => stop.abort());
   process.once('SIGTERM', () => stop.abort());
@@ -352,6 +374,10 @@ traceCommand('syscall', 'syscalls as they return: name, arguments, return value,
   .action((options: TraceOptions) => runTrace('syscall', options));
 
 traceCommand('network', 'TCP connections as they change state, retransmit and get reset: addresses, ports, task and workload').action((options: TraceOptions) => runTrace('network', options));
+
+traceCommand('security', 'security events as they happen: execs, exits, watched file access, privilege changes, ptrace, module loads, mounts, bpf() loads, connects, listens')
+  .option('--kinds <kinds>', `only these kinds, comma-separated (${securityKinds.join(', ')})`)
+  .action((options: TraceOptions) => runTrace('security', options));
 
 program.parseAsync().catch((err: unknown) => {
   // 2: the configuration is wrong; 1: the agent could not do what was asked.

@@ -5,6 +5,12 @@ import type { StreamedEvent, TraceEvent } from './api/events.js';
 
 export const defaultAgentUrl = 'http://127.0.0.1:9742';
 
+/** Authorization: Bearer $PROBEPILOT_TOKEN, for an agent with auth.mode tokens or kubernetes; nothing when unset. */
+export function authHeaders(): Record<string, string> {
+  const token = process.env.PROBEPILOT_TOKEN;
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
+
 /** An answer the agent gave with an error, or no answer at all. */
 export class AgentRequestError extends Error {
   constructor(message: string) {
@@ -24,7 +30,7 @@ export class AgentClient {
     try {
       res = await fetch(new URL(path, this.baseUrl), {
         method,
-        headers: body === undefined ? {} : { 'content-type': 'application/json' },
+        headers: { ...authHeaders(), ...(body === undefined ? {} : { 'content-type': 'application/json' }) },
         body: body === undefined ? null : JSON.stringify(body),
         signal: AbortSignal.timeout(this.timeoutMs),
       });
@@ -108,7 +114,7 @@ export function renderFlows(result: FlowsResult, wide: boolean): string {
   const rows = result.flows.map((f: FlowEntry) => [
     workloadName(f.workload),
     f.direction,
-    peerView ? peerName(f.peer) : (f.protocol ?? ''),
+    peerView ? peerName(f.peer) : f.tuple ? `${f.protocol ?? ''} ${f.tuple.localAddress}:${f.tuple.localPort} ${f.tuple.remoteAddress}:${f.tuple.remotePort}` : (f.protocol ?? ''),
     formatBytes(f.bytes),
     String(f.packets),
     rate(f.bytesPerSecond, formatBytes),
@@ -158,7 +164,7 @@ export function renderClusterFlows(result: Omit<FlowsResult, 'flows'> & { flows:
 export async function streamEvents(baseUrl: string, path: string, onEvent: (event: StreamedEvent) => void, options: { signal: AbortSignal; onOpen?: () => void }): Promise<void> {
   let res: Response;
   try {
-    res = await fetch(new URL(path, baseUrl), { headers: { accept: 'text/event-stream' }, signal: options.signal });
+    res = await fetch(new URL(path, baseUrl), { headers: { ...authHeaders(), accept: 'text/event-stream' }, signal: options.signal });
   } catch (err) {
     if (options.signal.aborted) return;
     throw new AgentRequestError(`cannot reach the agent at ${baseUrl}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`);
@@ -181,15 +187,19 @@ export async function streamEvents(baseUrl: string, path: string, onEvent: (even
       const messages = (pending + decoder.decode(chunk as Uint8Array, { stream: true })).split('\n\n');
       pending = messages.pop() ?? '';
       for (const message of messages) {
-        const data = message
-          .split('\n')
+        const lines = message.split('\n');
+        const data = lines
           .filter((line) => line.startsWith('data: '))
           .map((line) => line.slice(6))
           .join('\n');
-        if (data) onEvent(JSON.parse(data) as StreamedEvent);
+        if (!data) continue;
+        // The agent ends a trace it can no longer serve with an error event: say why rather than ending silently.
+        if (lines.includes('event: error')) throw new AgentRequestError(`the event stream ended: ${(JSON.parse(data) as { message?: string }).message ?? data}`);
+        onEvent(JSON.parse(data) as StreamedEvent);
       }
     }
   } catch (err) {
+    if (err instanceof AgentRequestError) throw err;
     if (!options.signal.aborted) throw new AgentRequestError(`the event stream broke: ${err instanceof Error ? err.message : String(err)}`);
   }
 }
@@ -202,14 +212,23 @@ function traceWorkload(event: TraceEvent): string {
 export function renderTraceEvent(event: StreamedEvent): string {
   const time = event.time.slice(11, 23);
   if (event.type === 'syscall') {
-    const args = event.args.slice(0, 3).join(', ');
-    return `${time}  ${traceWorkload(event)}  ${event.comm}[${event.pid}/${event.tid}]  ${event.syscall}(${args}, …) = ${event.ret}  ${(event.durationSeconds * 1e6).toFixed(1)}µs\n`;
+    // Decoded, as strace prints the call; otherwise the first raw registers.
+    const args = event.decodedArgs?.join(', ') ?? `${event.args.slice(0, 3).join(', ')}, …`;
+    return `${time}  ${traceWorkload(event)}  ${event.comm}[${event.pid}/${event.tid}]  ${event.syscall}(${args}) = ${event.ret}  ${(event.durationSeconds * 1e6).toFixed(1)}µs\n`;
   }
   if (event.type === 'network') {
     const task = event.pid ? `${event.comm}[${event.pid}]` : '-';
     const what = event.event === 'state' ? `${event.oldState} → ${event.newState}` : `${event.event} (${event.newState})`;
     const address = (host: string, port: number) => (event.family === 'ipv6' ? `[${host}]:${port}` : `${host}:${port}`);
     return `${time}  ${traceWorkload(event)}  ${task}  tcp ${what}  ${address(event.source, event.sourcePort)} → ${address(event.destination, event.destinationPort)}\n`;
+  }
+  if (event.type === 'security') {
+    const task = `${event.comm}[${event.pid}] uid ${event.uid}${event.euid !== event.uid ? ` euid ${event.euid}` : ''}`;
+    const peer = event.address !== undefined ? (event.family === 'ipv6' ? ` [${event.address}]:${event.port}` : ` ${event.address}:${event.port}`) : '';
+    const what = [event.path, ...(event.kind === 'exec' ? [] : event.args ?? [])].filter(Boolean).join(' ');
+    const args = event.kind === 'exec' && event.args ? `  ${event.args.join(' ')}` : '';
+    const exit = event.exitCode !== undefined ? ` code ${event.exitCode}` : '';
+    return `${time}  ${traceWorkload(event)}  ${task}  ${event.kind}${exit}${what ? ` ${what}` : ''}${peer}${args}\n`;
   }
   const { type, time: _time, ...rest } = event;
   return `${time}  ${type}  ${JSON.stringify(rest)}\n`;

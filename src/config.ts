@@ -33,6 +33,13 @@ export interface ListenAddress {
   port: number;
 }
 
+/** security.nodeProcesses: auto includes them unless an include list names something. */
+export const nodeProcessesSettings = ['auto', 'include', 'exclude'] as const;
+export type NodeProcessesSetting = (typeof nodeProcessesSettings)[number];
+
+export const authModes = ['none', 'tokens', 'kubernetes'] as const;
+export type AuthMode = (typeof authModes)[number];
+
 export interface AgentConfig {
   listen: ListenAddress;
   /** Absent: no gRPC server. */
@@ -43,6 +50,7 @@ export interface AgentConfig {
   seriesGraceSeconds: number;
   seriesLimit: number;
   collectionMaxAgeSeconds: number;
+  collectionAhead: boolean;
   pins: {
     enabled: boolean;
     root: string;
@@ -63,6 +71,25 @@ export interface AgentConfig {
     ratePerSecond: number;
     burst: number;
     maxSubscribers: number;
+  };
+  tls: { certFile: string; keyFile: string; clientCaFile: string; reloadIntervalSeconds: number };
+  auth: {
+    mode: AuthMode;
+    tokenFiles: string[];
+    cacheTtlSeconds: number;
+    rateLimit: { requestsPerSecond: number; burst: number };
+    maxStreamsPerIdentity: number;
+  };
+  audit: { file: string };
+  limits: { bodyBytes: number; queryBytes: number; headerBytes: number; headersTimeoutSeconds: number; requestTimeoutSeconds: number };
+  security: {
+    enabled: boolean;
+    watchedPaths: string[];
+    sensitivePaths: string[];
+    namespaces: { include: string[]; exclude: string[] };
+    cgroups: { include: string[]; exclude: string[] };
+    nodeProcesses: NodeProcessesSetting;
+    rules: { path: string; reloadIntervalSeconds: number };
   };
   kubernetes: {
     enabled: boolean;
@@ -86,10 +113,22 @@ export interface AgentConfig {
         peerLabel: PeerLabelSetting;
         peerCidrs: NamedPrefix[];
       };
+      flowTable: {
+        enabled: boolean;
+        maxEntries: number;
+        idleSeconds: number;
+      };
     };
     drops: {
       enabled: boolean;
       maxEntries: number;
+    };
+    dns: {
+      enabled: boolean;
+      ports: number[];
+      timeoutSeconds: number;
+      maxEntries: number;
+      maxPending: number;
     };
     syscalls: {
       enabled: boolean;
@@ -110,6 +149,7 @@ export interface AgentConfig {
       enabled: boolean;
       maxEntries: number;
       maxConnecting: number;
+      maxEstablished: number;
     };
     block: {
       enabled: boolean;
@@ -124,6 +164,10 @@ export interface AgentConfig {
       dcgmExporterNames: boolean;
     };
   };
+  customProbes: {
+    paths: string[];
+    disabled: string[];
+  };
 }
 
 type Leaf =
@@ -133,10 +177,13 @@ type Leaf =
   | { kind: 'number'; integer: boolean; min: number; max: number; default: number; doc: string }
   | { kind: 'string'; default: string; doc: string }
   | { kind: 'globs'; default: readonly string[]; doc: string }
+  | { kind: 'strings'; pattern: RegExp; expected: string; default: readonly string[]; doc: string }
+  | { kind: 'ports'; maxItems: number; default: readonly number[]; doc: string }
   | { kind: 'names'; values: readonly string[]; default: readonly string[]; doc: string }
   | { kind: 'endpoint'; default: string; doc: string }
   | { kind: 'headers'; default: readonly string[]; doc: string }
-  | { kind: 'prefixes'; reserved: readonly string[]; default: readonly string[]; doc: string };
+  | { kind: 'prefixes'; reserved: readonly string[]; default: readonly string[]; doc: string }
+  | { kind: 'paths'; maxItems: number; maxLength: number; default: readonly string[]; doc: string };
 
 interface Section {
   [key: string]: Leaf | Section;
@@ -180,6 +227,11 @@ export const schema = {
     max: 60,
     default: 1,
     doc: 'API queries (flows) answer from the last collection while it is at most this old, else share the one under way or start one; 0: a collection per query (still shared with the readers already waiting). Scrapes and OTLP pushes always get a fresh one.',
+  },
+  collectionAhead: {
+    kind: 'boolean',
+    default: false,
+    doc: 'API queries start the next collection shortly before the last one is collectionMaxAgeSeconds old (flows answers built as it completes), so a steady stream of queries never waits for one; off (default: the benchmark measured it on at more CPU per flows query and no faster): a query past that age waits for a fresh collection.',
   },
   pins: {
     enabled: {
@@ -250,6 +302,100 @@ export const schema = {
       doc: 'Traces (event streams of syscall or network events) open at once; one more is refused with 429.',
     },
   },
+  tls: {
+    certFile: { kind: 'string', default: '', doc: 'PEM certificate (chain) of the HTTP server and the gRPC API; with keyFile turns on TLS (1.2 and 1.3 only). Re-read when it changes on disk, without a restart.' },
+    keyFile: { kind: 'string', default: '', doc: 'PEM private key of certFile.' },
+    clientCaFile: { kind: 'string', default: '', doc: 'PEM CA bundle for mutual TLS: a client without a certificate it signed is refused during the handshake; empty: no client certificates asked for.' },
+    reloadIntervalSeconds: { kind: 'number', integer: false, min: 0.2, max: 3600, default: 10, doc: 'How often the TLS files are checked for changes (besides a file-system watch, which misses some renames).' },
+  },
+  auth: {
+    mode: {
+      kind: 'enum',
+      values: authModes,
+      default: 'none',
+      doc: 'Who may call the agent: none (everyone is admin: a standalone host), tokens (bearer tokens of auth.tokenFiles, each with a role), kubernetes (TokenReview and SubjectAccessReview against the API server; the Helm chart turns it on).',
+    },
+    tokenFiles: { kind: 'strings', pattern: /^\S(?:.*\S)?$/, expected: 'file paths', default: [], doc: 'YAML files of bearer tokens for auth.mode=tokens: {tokens: [{name, token, role: viewer|operator|admin, namespaces: [..]}]}; re-read when they change.' },
+    cacheTtlSeconds: { kind: 'number', integer: false, min: 0, max: 3600, default: 10, doc: 'How long a TokenReview or SubjectAccessReview answer is reused (auth.mode=kubernetes); also how long it is honoured while the API server is unreachable.' },
+    rateLimit: {
+      requestsPerSecond: { kind: 'number', integer: false, min: 0, max: 1_000_000, default: 20, doc: 'Requests one identity (or, unauthenticated, one address) may make per second, REST and gRPC together; over it: 429 with Retry-After (RESOURCE_EXHAUSTED). 0: no limit. /healthz and /readyz are not limited; with auth.mode=none there is no identity and no limit.' },
+      burst: { kind: 'number', integer: true, min: 1, max: 1_000_000, default: 40, doc: 'Requests one identity may make at once above its rate (the token bucket\'s depth).' },
+    },
+    maxStreamsPerIdentity: { kind: 'number', integer: true, min: 1, max: 1024, default: 4, doc: 'Event streams one identity may hold open at once (REST and gRPC); one more is refused with 429. With auth.mode=none only events.maxSubscribers bounds them.' },
+  },
+  audit: {
+    file: { kind: 'string', default: '', doc: 'File the audit records are appended to (JSON lines); empty: stdout, with the key log="audit".' },
+  },
+  limits: {
+    bodyBytes: { kind: 'number', integer: true, min: 1024, max: 16 << 20, default: 65536, doc: 'Largest request body; more is refused with 413.' },
+    queryBytes: { kind: 'number', integer: true, min: 256, max: 65536, default: 16384, doc: 'Longest query string; more is refused with 414.' },
+    headerBytes: { kind: 'number', integer: true, min: 1024, max: 65536, default: 16384, doc: 'Largest request head (request line and headers); more is refused with 431.' },
+    headersTimeoutSeconds: { kind: 'number', integer: false, min: 0.5, max: 600, default: 10, doc: 'Time a client has to send its request head; a slower one is disconnected (slowloris).' },
+    requestTimeoutSeconds: { kind: 'number', integer: false, min: 1, max: 3600, default: 30, doc: 'Time a client has to send its whole request; event streams answer as long as they like.' },
+  },
+  security: {
+    enabled: {
+      kind: 'boolean',
+      default: true,
+      doc: 'Security events (exec, exit, watched file access, privilege changes, ptrace, module loads, mounts, bpf() loads, connects, listens) counted per workload (probepilot_security_events_total), logged as JSON lines (log: "security") and streamed (type security); the probes are tracepoints on rare events or on openat with an in-kernel path filter.',
+    },
+    watchedPaths: {
+      kind: 'paths',
+      maxItems: 8,
+      maxLength: 64,
+      default: ['/etc/', '/root/.ssh/', '/var/run/secrets/kubernetes.io/', '/run/secrets/kubernetes.io/', '/usr/bin/', '/usr/sbin/', '/bin/', '/sbin/'],
+      doc: 'Path prefixes whose writes (open for write, unlink, rename, chmod) are security events; compared in the kernel with the path as the task gave it (a directory ends with /).',
+    },
+    sensitivePaths: {
+      kind: 'paths',
+      maxItems: 8,
+      maxLength: 64,
+      default: ['/etc/shadow', '/etc/sudoers', '/root/.ssh/', '/var/run/secrets/kubernetes.io/', '/run/secrets/kubernetes.io/'],
+      doc: 'Path prefixes whose reads are security events too (their writes always are).',
+    },
+    namespaces: {
+      include: {
+        kind: 'strings',
+        pattern: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/,
+        expected: 'namespace names (lower-case letters, digits and -)',
+        default: [],
+        doc: 'Kubernetes mode: security events only from these namespaces\' pods (and from the node\'s own processes only if security.nodeProcesses=include); decided in the kernel. Empty: every namespace.',
+      },
+      exclude: {
+        kind: 'strings',
+        pattern: /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/,
+        expected: 'namespace names (lower-case letters, digits and -)',
+        default: [],
+        doc: 'Kubernetes mode: no security events from these namespaces\' pods; their events never leave the kernel (nor count against events.ratePerSecond). A pod is placed within about 2 s of appearing.',
+      },
+    },
+    cgroups: {
+      include: {
+        kind: 'strings',
+        pattern: /^\/[^\u0000-\u001f\u007f]*$/,
+        expected: 'cgroup paths relative to the cgroup2 root (e.g. /system.slice)',
+        default: [],
+        doc: 'Security events only from these cgroups and the cgroups below them (paths as the cgroup label shows them); a deeper entry of security.cgroups or security.namespaces decides over a shallower one. Works in standalone mode too. Empty: every cgroup.',
+      },
+      exclude: {
+        kind: 'strings',
+        pattern: /^\/[^\u0000-\u001f\u007f]*$/,
+        expected: 'cgroup paths relative to the cgroup2 root (e.g. /system.slice/cron.service)',
+        default: [],
+        doc: 'No security events from these cgroups and the cgroups below them; on the same cgroup exclude wins over include.',
+      },
+    },
+    nodeProcesses: {
+      kind: 'enum',
+      values: nodeProcessesSettings,
+      default: 'auto',
+      doc: 'Security events of the node\'s own processes (in no pod\'s cgroup): include, exclude, or auto (included unless security.namespaces.include or security.cgroups.include names something).',
+    },
+    rules: {
+      path: { kind: 'string', default: '', doc: 'YAML file of detection rules over security events (README "Detection rules"); re-read when it changes, a bad file keeps the last good rules. Empty: the shipped rules/security.yaml.' },
+      reloadIntervalSeconds: { kind: 'number', integer: true, min: 1, max: 3600, default: 10, doc: 'How often the rule file is checked for changes, besides a file-system watch (which misses some ConfigMap updates).' },
+    },
+  },
   kubernetes: {
     enabled: {
       kind: 'boolean',
@@ -315,10 +461,29 @@ export const schema = {
           doc: 'Names for non-pod peers, as NAME=CIDR (e.g. node=10.0.0.0/24, corp=172.16.0.0/12); the longest prefix wins, anything else is world.',
         },
       },
+      flowTable: {
+        enabled: { kind: 'boolean', default: true, doc: 'The live 5-tuple flow table (an LRU in the kernel): probepilot_network_active_flows, SYN/FIN/RST counts, /api/v1/flows?view=5tuple.' },
+        maxEntries: mapCapacity(65536, 'Capacity of the kernel 5-tuple flow table; when full, the least recently seen flow makes room.'),
+        idleSeconds: {
+          kind: 'number',
+          integer: false,
+          min: 1,
+          max: 3600,
+          default: 60,
+          doc: 'A flow without a packet for this long leaves the table (and stops counting as active).',
+        },
+      },
     },
     drops: {
       enabled: { kind: 'boolean', default: true, doc: 'Packet drops collector: packets the kernel dropped, by drop reason and workload (skb:kfree_skb, Linux >= 5.17).' },
       maxEntries: mapCapacity(16384, 'Capacity of the kernel drop map ((workload cgroup or network namespace) × reason); a full map counts probepilot_collector_events_dropped_total.', 1048576),
+    },
+    dns: {
+      enabled: { kind: 'boolean', default: true, doc: 'DNS collector: queries, answers by response code, latency and timeouts per workload, parsed at TC on the network collector\'s interfaces.' },
+      ports: { kind: 'ports', maxItems: 8, default: [53], doc: 'DNS server ports queries go to (UDP and TCP), e.g. [53, 5353] for a node-local cache on another port; at most 8.' },
+      timeoutSeconds: { kind: 'number', integer: false, min: 0.1, max: 300, default: 5, doc: 'A query with no answer for this long counts as a timeout (and its late answer gets no latency).' },
+      maxEntries: mapCapacity(16384, 'Capacity of each kernel DNS map (workload × query type, workload × response code, workload); a full map counts probepilot_collector_events_dropped_total.'),
+      maxPending: mapCapacity(65536, 'Queries awaiting their answer kept at once (LRU); beyond that the oldest are evicted and neither time out nor get a latency.'),
     },
     syscalls: {
       enabled: { kind: 'boolean', default: true, doc: 'Syscalls collector: calls, failures and latency per workload and tracked syscall (raw_syscalls).' },
@@ -344,6 +509,7 @@ export const schema = {
       },
       maxEntries: mapCapacity(16384, 'Capacity of the kernel TCP statistics map (one entry per workload); a full map counts probepilot_collector_events_dropped_total.'),
       maxConnecting: mapCapacity(65536, 'Connects in progress whose SYN time is kept at once (LRU); beyond that the oldest are evicted and their latency goes unmeasured.'),
+      maxEstablished: mapCapacity(65536, 'Open connections whose ESTABLISHED time is kept at once (LRU); beyond that the oldest are evicted and their duration goes unmeasured.'),
     },
     block: {
       enabled: { kind: 'boolean', default: true, doc: 'Block collector: reads and writes per workload and disk (block_io_start, block_rq_issue, block_io_done; Linux >= 6.5).' },
@@ -372,6 +538,22 @@ export const schema = {
         doc: 'The kubelet pod-resources API socket, read in Kubernetes mode to name the pod each GPU is allocated to.',
       },
       dcgmExporterNames: { kind: 'boolean', default: false, doc: 'Also export the main metrics under dcgm-exporter\'s names (DCGM_FI_DEV_GPU_UTIL, …) for existing dashboards.' },
+    },
+  },
+  customProbes: {
+    paths: {
+      kind: 'strings',
+      pattern: /^\S(?:.*\S)?$/,
+      expected: 'file or directory paths',
+      default: [],
+      doc: 'Custom probe specs (YAML): files, or directories whose *.yaml and *.yml are each one probe; every probe is a collector named custom_<name>.',
+    },
+    disabled: {
+      kind: 'strings',
+      pattern: /^[a-z][a-z0-9_]{0,62}$/,
+      expected: 'probe names (the name: of a spec, without custom_)',
+      default: [],
+      doc: 'Custom probes not started (enable one at run time like any collector, as custom_<name>).',
     },
   },
 } as const satisfies Section;
@@ -465,6 +647,30 @@ function validateLeaf(leaf: Leaf, key: string, value: unknown, fromText: boolean
         if (leaf.reserved.includes(match[1]!)) throw new ConfigError(key, `got ${describe(item)}: the names ${leaf.reserved.join(', ')} are reserved for the built-in peer classes`);
         return { name: match[1]!, cidr: match[2]! };
       });
+    }
+    case 'strings': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      const bad = Array.isArray(list) ? list.find((item: unknown) => typeof item !== 'string' || !leaf.pattern.test(item)) : value;
+      if (!Array.isArray(list) || bad !== undefined) throw new ConfigError(key, `got ${describe(bad)}, expected a list of ${leaf.expected}`);
+      return [...new Set(list as string[])];
+    }
+    case 'ports': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean).map(Number) : value;
+      if (!Array.isArray(list) || list.length === 0 || list.length > leaf.maxItems || !list.every((p) => typeof p === 'number' && Number.isInteger(p) && p >= 1 && p <= 65535)) {
+        throw new ConfigError(key, `got ${describe(value)}, expected a list of 1 to ${leaf.maxItems} ports from 1 to 65535 (e.g. [53])`);
+      }
+      return [...new Set(list as number[])];
+    }
+    case 'paths': {
+      const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;
+      if (!Array.isArray(list)) throw new ConfigError(key, `got ${describe(value)}, expected a list of absolute path prefixes (e.g. ["/etc/", "/root/.ssh/"])`);
+      if (list.length > leaf.maxItems) throw new ConfigError(key, `got ${list.length} paths, at most ${leaf.maxItems} are allowed (the kernel compares each file operation with every one)`);
+      for (const item of list) {
+        if (typeof item !== 'string' || !item.startsWith('/') || Buffer.byteLength(item) > leaf.maxLength) {
+          throw new ConfigError(key, `got ${describe(item)}, expected an absolute path prefix of at most ${leaf.maxLength} bytes (a directory ends with /)`);
+        }
+      }
+      return list as string[];
     }
     case 'globs': {
       const list = fromText && typeof value === 'string' ? value.split(',').map((s) => s.trim()).filter(Boolean) : value;

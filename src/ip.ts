@@ -71,3 +71,14 @@ export function formatIp(family: 4 | 6, bytes: Uint8Array): string {
   if (bestStart < 0) return hex(groups);
   return `${hex(groups.slice(0, bestStart))}::${hex(groups.slice(bestStart + bestLength))}`;
 }
+
+/** Whether address lies in prefix (same family; an IPv4-mapped IPv6 address is not an IPv4 one). */
+export function prefixContains(prefix: IpPrefix, address: IpAddress): boolean {
+  if (prefix.family !== address.family) return false;
+  const whole = prefix.length >> 3;
+  for (let i = 0; i < whole; i++) if (prefix.bytes[i] !== address.bytes[i]) return false;
+  const rest = prefix.length & 7;
+  if (rest === 0) return true;
+  const mask = (0xff << (8 - rest)) & 0xff;
+  return (address.bytes[whole]! & mask) === prefix.bytes[whole];
+}

@@ -4,23 +4,38 @@
 import { AgentRequestError } from './client.js';
 import type { FlowEntry, FlowQuery, FlowsResult } from './api/service.js';
 
-interface VectorSample {
+export interface VectorSample {
   metric: Record<string, string>;
   value: [number, string];
 }
 
-async function instantQuery(baseUrl: string, expr: string): Promise<VectorSample[]> {
-  const url = new URL('/api/v1/query', baseUrl);
-  url.searchParams.set('query', expr);
+export interface MatrixSeries {
+  metric: Record<string, string>;
+  values: Array<[number, string]>;
+}
+
+async function queryApi<T>(baseUrl: string, path: string, params: Record<string, string>, resultType: string): Promise<T> {
+  const url = new URL(path, baseUrl);
+  for (const [key, value] of Object.entries(params)) url.searchParams.set(key, value);
   let res: Response;
   try {
     res = await fetch(url, { signal: AbortSignal.timeout(30_000) });
   } catch (err) {
     throw new AgentRequestError(`cannot reach Prometheus at ${baseUrl}: ${err instanceof Error ? (err.cause instanceof Error ? err.cause.message : err.message) : String(err)}`);
   }
-  const body = (await res.json().catch(() => ({}))) as { status?: string; error?: string; data?: { resultType: string; result: VectorSample[] } };
-  if (body.status !== 'success' || body.data?.resultType !== 'vector') throw new AgentRequestError(`Prometheus: ${body.error ?? res.statusText} (${expr})`);
+  const body = (await res.json().catch(() => ({}))) as { status?: string; error?: string; data?: { resultType: string; result: T } };
+  if (body.status !== 'success' || body.data?.resultType !== resultType) throw new AgentRequestError(`Prometheus: ${body.error ?? res.statusText} (${params.query})`);
   return body.data.result;
+}
+
+/** An instant query, at `time` (Unix seconds) or now. */
+export function instantQuery(baseUrl: string, expr: string, time?: number): Promise<VectorSample[]> {
+  return queryApi<VectorSample[]>(baseUrl, '/api/v1/query', { query: expr, ...(time !== undefined ? { time: String(time) } : {}) }, 'vector');
+}
+
+/** A range query from start to end (Unix seconds) every step seconds. */
+export function rangeQuery(baseUrl: string, expr: string, start: number, end: number, step: number): Promise<MatrixSeries[]> {
+  return queryApi<MatrixSeries[]>(baseUrl, '/api/v1/query_range', { query: expr, start: String(start), end: String(end), step: String(step) }, 'matrix');
 }
 
 const quote = (value: string) => JSON.stringify(value);
@@ -52,6 +67,8 @@ export async function statusFromPrometheus(baseUrl: string): Promise<NodeCollect
 
 /** Top flows over the last 5 minutes from the agents' series; rates from rate(), counts the counters' current values. */
 export async function flowsFromPrometheus(baseUrl: string, query: FlowQuery): Promise<Omit<FlowsResult, 'flows'> & { flows: Array<FlowEntry & { node: string }> }> {
+  // The flow table lives in each agent's kernel; Prometheus has only its gauges.
+  if (query.view === '5tuple') throw new Error('--view 5tuple reads an agent\'s live flow table: ask the agent (--agent), not Prometheus');
   const peerView = query.view === 'peer';
   const family = peerView ? 'probepilot_network_flow' : 'probepilot_network';
   const matchers = [

@@ -1,7 +1,8 @@
 // Applying a new configuration to a running agent (POST /api/v1/config/reload,
 // SIGHUP): what can change live does — collectors enabled or disabled, a
 // collector's own settings (the network collector's interface patterns
-// without even a restart of the collector) — and every other change is
+// without even a restart of the collector), the detection rules (read again
+// even when their file's name did not change) — and every other change is
 // reported as needing an agent restart, the running values kept.
 import { leaves, type AgentConfig } from './config.js';
 
@@ -23,12 +24,12 @@ export function changedKeys(current: AgentConfig, next: AgentConfig): string[] {
     .filter((key) => JSON.stringify(valueAt(current, key)) !== JSON.stringify(valueAt(next, key)));
 }
 
-/** Keys a running agent can apply: everything under collectors. */
+/** Keys a running agent can apply: everything under collectors, and the detection rules' file. */
 export function appliesLive(key: string): boolean {
-  return key.startsWith('collectors.');
+  return key.startsWith('collectors.') || key.startsWith('security.rules.');
 }
 
-/** The configuration to run with: the collectors of next, the rest of current. */
+/** The configuration to run with: the collectors and rule settings of next, the rest of current. */
 export function effectiveConfig(current: AgentConfig, next: AgentConfig): AgentConfig {
-  return { ...current, collectors: next.collectors };
+  return { ...current, collectors: next.collectors, security: { ...current.security, rules: next.security.rules } };
 }

@@ -42,6 +42,10 @@ void RingBufferReader::CallJs(Napi::Env env, Napi::Function onRecords, std::null
 void RingBufferReader::Init(Napi::Env env) {
   Napi::Function fn = DefineClass(env, "RingBufferReader", {InstanceMethod<&RingBufferReader::Close>("close")});
   constructor = new Napi::FunctionReference(Napi::Persistent(fn));
+  env.AddCleanupHook([]() {
+    delete constructor;
+    constructor = nullptr;
+  });
 }
 
 Napi::Object RingBufferReader::New(Napi::Env env, int mapFd, const std::string& what, Napi::Function onRecords) {
@@ -86,6 +90,15 @@ void RingBufferReader::Start(Napi::Env env, int mapFd, const std::string& what, 
   deliver_.Unref(env);
   running_ = true;
   thread_ = std::thread(&RingBufferReader::Run, this);
+  // Without it a reader still open at env teardown keeps a thread that calls into a freed env.
+  env_ = env;
+  hooked_ = napi_add_env_cleanup_hook(env, &RingBufferReader::OnEnvTeardown, this) == napi_ok;
+}
+
+void RingBufferReader::OnEnvTeardown(void* self) {
+  auto* reader = static_cast<RingBufferReader*>(self);
+  reader->hooked_ = false;
+  reader->Stop();
 }
 
 int RingBufferReader::OnRecord(void* self, void* data, size_t size) {
@@ -133,6 +146,10 @@ void RingBufferReader::Close(const Napi::CallbackInfo&) { Stop(); }
 // Idempotent. Wakes the thread out of epoll, or out of a wait for JS (the
 // abort), and joins it: it never blocks for longer than one consume.
 void RingBufferReader::Stop() {
+  if (hooked_) {
+    hooked_ = false;
+    napi_remove_env_cleanup_hook(env_, &RingBufferReader::OnEnvTeardown, this);
+  }
   if (running_) {
     running_ = false;
     const uint64_t one = 1;

@@ -41,6 +41,8 @@ class RingBufferReader : public Napi::ObjectWrap<RingBufferReader> {
   void Stop();
   void Run();
   static int OnRecord(void* self, void* data, size_t size);
+  // The env going away (process exit, a worker thread ending) with the reader open: stop the thread before it does.
+  static void OnEnvTeardown(void* self);
   static void CallJs(Napi::Env env, Napi::Function onRecords, std::nullptr_t* context, Delivery* delivery);
   using Deliverer = Napi::TypedThreadSafeFunction<std::nullptr_t, Delivery, &RingBufferReader::CallJs>;
 
@@ -53,6 +55,9 @@ class RingBufferReader : public Napi::ObjectWrap<RingBufferReader> {
   std::thread thread_;
   std::vector<uint8_t> batch_;
   bool running_ = false;
+  napi_env env_ = nullptr;
+  // Our env cleanup hook is registered (removed on Stop, or consumed when it runs).
+  bool hooked_ = false;
 };
 
 }  // namespace probepilot

@@ -5,6 +5,8 @@
 // consumers (a slow consumer is the transport's problem, not the agent's).
 import { EventEmitter } from 'node:events';
 import type { Labels } from '../metrics/model.js';
+import type { SecurityOp } from '../events/records.js';
+import type { Severity } from '../events/rules.js';
 
 export type AgentEvent =
   | { type: 'collector'; collector: string; enabled: boolean; up: boolean; reason: string }
@@ -15,7 +17,7 @@ export type TimedEvent = AgentEvent & { time: string };
 
 /** The agent's own event types, always on; trace types flow only while someone traces them. */
 export const agentEventTypes = ['collector', 'interface', 'pod'] as const;
-export const traceKinds = ['syscall', 'network'] as const;
+export const traceKinds = ['syscall', 'network', 'security'] as const;
 export type TraceKind = (typeof traceKinds)[number];
 export const eventTypes = [...agentEventTypes, ...traceKinds] as const;
 export type EventType = (typeof eventTypes)[number];
@@ -41,6 +43,8 @@ export interface SyscallTraceEvent extends TraceEventBase {
   durationSeconds: number;
   /** The six argument registers at entry, hexadecimal. */
   args: string[];
+  /** The arguments as strace shows them (paths, addresses, argv read at entry; fds, flags, modes), for the syscalls the agent decodes. */
+  decodedArgs?: string[];
 }
 
 export interface NetworkTraceEvent extends TraceEventBase {
@@ -57,7 +61,34 @@ export interface NetworkTraceEvent extends TraceEventBase {
   newState: string;
 }
 
-export type TraceEvent = SyscallTraceEvent | NetworkTraceEvent;
+/** Schema of security events (README "Security events"): stable, additions only. */
+export interface SecurityTraceEvent extends TraceEventBase {
+  type: 'security';
+  /** What happened: exec, exit, open_write, open_read, unlink, rename, chmod, setuid, setgid, setuid_exec, ptrace, module_load, mount, bpf_prog_load, connect, listen. */
+  kind: SecurityOp;
+  uid: number;
+  euid: number;
+  ppid: number;
+  parentComm: string;
+  /** exec: the binary; file ops: the path as the task gave it; mount: the target. */
+  path?: string;
+  /** exec: argv (bounded to 256 bytes); rename: the new name; mount: the source. */
+  args?: string[];
+  /** exit: the code (or 128 + signal). */
+  exitCode?: number;
+  /** open: flags; chmod: mode; ptrace: target pid; mount: flags. */
+  arg?: number;
+  /** connect: the peer; listen: the local address. */
+  family?: 'ipv4' | 'ipv6';
+  address?: string;
+  port?: number;
+  /** The detection rules the event matched (README "Detection rules"), when any did. */
+  rules?: string[];
+  /** The highest severity among those rules. */
+  severity?: Severity;
+}
+
+export type TraceEvent = SyscallTraceEvent | NetworkTraceEvent | SecurityTraceEvent;
 
 /** Any event a stream delivers. */
 export type StreamedEvent = TimedEvent | TraceEvent;

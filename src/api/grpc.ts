@@ -1,7 +1,12 @@
 // The gRPC transport of the service layer: probepilot.v1.Agent
-// (proto/probepilot/v1/agent.proto) on @grpc/grpc-js, plaintext, off unless
-// grpcListen is set. Answers are the REST API's, field for field.
-import { loadPackageDefinition, Server, ServerCredentials, status as grpcStatus, type GrpcObject, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, type ServiceClientConstructor } from '@grpc/grpc-js';
+// (proto/probepilot/v1/agent.proto) on @grpc/grpc-js, off unless grpcListen
+// is set; TLS with the HTTP server's files. Answers are the REST API's, field
+// for field; every method passes the same guard as its REST route.
+import { loadPackageDefinition, Server, status as grpcStatus, type GrpcObject, type Metadata, type sendUnaryData, type ServerUnaryCall, type ServerWritableStream, type ServiceClientConstructor } from '@grpc/grpc-js';
+import type { AgentConfig } from '../config.js';
+import type { Guard, Denial } from '../auth/guard.js';
+import { operations, scopeOf, type GuardedAccess, type Principal } from '../auth/principal.js';
+import { grpcCredentials } from '../auth/tls.js';
 import { loadSync } from '@grpc/proto-loader';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -9,7 +14,7 @@ import type { ListenAddress } from '../config.js';
 import type { Logger } from '../log.js';
 import type { StreamedEvent } from './events.js';
 import { TraceRefusedError } from '../events/pipeline.js';
-import { eventStreamRequest, EventStreamRequestError, flowDirections, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type EventStreamRequest, type FlowQuery, type WorkloadQuery } from './service.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, isPrintable, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type EventStreamRequest, type FlowQuery, type FlowTuple, type WorkloadQuery } from './service.js';
 
 const protoPath = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../proto/probepilot/v1/agent.proto');
 
@@ -40,7 +45,7 @@ function oneOf<T extends string>(field: string, value: string, allowed: readonly
 
 function printable<K extends string>(request: Record<K, string>, fields: readonly K[]): void {
   for (const field of fields) {
-    if (/[\u0000-\u001f\u007f]/.test(request[field]) || request[field].length > 4096) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
+    if (request[field] !== '' && !isPrintable(request[field])) throw new InvalidArgument(`${field} must be printable text of at most 4096 characters`);
   }
 }
 
@@ -94,6 +99,26 @@ export function flowQueryOf(request: FlowsRequest): FlowQuery {
   };
 }
 
+function flowTupleMessage(tuple: FlowTuple): Record<string, unknown> {
+  return {
+    family: tuple.family,
+    local_address: tuple.localAddress,
+    local_port: tuple.localPort,
+    remote_address: tuple.remoteAddress,
+    remote_port: tuple.remotePort,
+    remote_pod: tuple.remotePod,
+    bytes_sent: tuple.bytesSent,
+    bytes_received: tuple.bytesReceived,
+    packets_sent: tuple.packetsSent,
+    packets_received: tuple.packetsReceived,
+    tcp_flags_sent: tuple.tcpFlagsSent,
+    tcp_flags_received: tuple.tcpFlagsReceived,
+    first_seen: tuple.firstSeen,
+    last_seen: tuple.lastSeen,
+    active: tuple.active,
+  };
+}
+
 /** Attributes are text: nested objects (a trace's workload labels) become dotted keys, lists are space-separated. */
 function eventMessage(event: StreamedEvent): { type: string; time: string; attributes: Record<string, string> } {
   const { type, time, ...rest } = event;
@@ -111,41 +136,78 @@ interface StreamEventsRequest {
   namespace: string;
   pod: string;
   syscalls: string[];
+  kinds: string[];
+}
+
+/**
+ * Ends a server stream with an error status. grpc-js sends the status from
+ * the stream's final step, which a destroyed stream never runs: destroy(err)
+ * left the client waiting for a status that never came. An 'error' event is
+ * grpc-js's way: it records the status and ends the stream.
+ */
+function endWithStatus(call: ServerWritableStream<unknown, unknown>, err: Error & { code: grpcStatus }): void {
+  call.emit('error', err);
 }
 
 /** Messages a stream may have waiting for a slow client (grpc-js streams count objects) before its events are dropped. */
 const maxStreamBacklogMessages = 16_384;
+
+const denialCodes: Record<Denial['status'], grpcStatus> = { 401: grpcStatus.UNAUTHENTICATED, 403: grpcStatus.PERMISSION_DENIED, 429: grpcStatus.RESOURCE_EXHAUSTED, 503: grpcStatus.UNAVAILABLE };
+
+/** The peer's address without its port ("127.0.0.1:5000", "[::1]:5000"): the key of the unauthenticated rate limit. */
+export function peerAddress(peer: string): string {
+  const match = /^\[?(.*?)\]?:\d+$/.exec(peer);
+  return match?.[1] ?? peer;
+}
 
 const traceRefusalCodes = { limit: grpcStatus.RESOURCE_EXHAUSTED, filter: grpcStatus.INVALID_ARGUMENT, unavailable: grpcStatus.UNAVAILABLE } as const;
 
 export class GrpcApi {
   private readonly server = new Server();
   private readonly streams = new Set<ServerWritableStream<unknown, unknown>>();
+  /** Streams that finish opening after close() are ended at once. */
+  private closing = false;
 
-  constructor(service: AgentService, log: Logger) {
-    /** A unary query: its request checked (INVALID_ARGUMENT naming the field), then answered. */
+  constructor(
+    service: AgentService,
+    log: Logger,
+    private readonly guard: Guard,
+    private readonly tls: AgentConfig['tls'],
+  ) {
+    /** The caller, when the guard lets it make this call; otherwise the error to end the call with. */
+    const admit = async (call: { metadata: Metadata; getPeer(): string; getPath(): string }, access: GuardedAccess): Promise<Principal | { code: grpcStatus; details: string }> => {
+      const authorization = call.metadata.get('authorization')[0];
+      const decision = await guard.check(
+        { transport: 'grpc', method: 'POST', path: call.getPath(), remote: peerAddress(call.getPeer()), authorization: typeof authorization === 'string' ? authorization : undefined },
+        access,
+      );
+      return decision.allowed ? decision.principal : { code: denialCodes[decision.status], details: decision.message };
+    };
+    /** A unary query: the caller admitted, its request checked (INVALID_ARGUMENT naming the field), then answered. */
     const query =
-      <R, Q>(parse: (request: R) => Q, answer: (query: Q) => Promise<unknown>) =>
+      <R, Q>(access: GuardedAccess, parse: (request: R) => Q, answer: (query: Q, principal: Principal) => Promise<unknown>) =>
       (call: ServerUnaryCall<R, unknown>, callback: sendUnaryData<unknown>): void => {
-        let parsed: Q;
-        try {
-          parsed = parse(call.request);
-        } catch (err) {
-          callback({ code: grpcStatus.INVALID_ARGUMENT, details: (err as Error).message });
-          return;
-        }
-        answer(parsed).then(
-          (response) => callback(null, response),
-          (err: unknown) => {
-            log.error({ err, method: call.getPath() }, 'query failed');
-            callback({ code: grpcStatus.INTERNAL, details: err instanceof Error ? err.message : String(err) });
-          },
-        );
+        const answerCall = async (): Promise<unknown> => {
+          const principal = await admit(call, access);
+          if ('code' in principal) return callback(principal);
+          let parsed: Q;
+          try {
+            parsed = parse(call.request);
+          } catch (err) {
+            return callback({ code: grpcStatus.INVALID_ARGUMENT, details: (err as Error).message });
+          }
+          return callback(null, await answer(parsed, principal));
+        };
+        answerCall().catch((err: unknown) => {
+          log.error({ err, method: call.getPath() }, 'query failed');
+          callback({ code: grpcStatus.INTERNAL, details: err instanceof Error ? err.message : String(err) });
+        });
       };
+    const noRequest = (request: unknown): unknown => request;
     this.server.addService(agentServiceDefinition().service, {
-      GetStatus: (_call: ServerUnaryCall<unknown, unknown>, callback: sendUnaryData<unknown>) => {
-        const status = service.status();
-        callback(null, {
+      GetStatus: query(operations.status, noRequest, async (_request, principal) => {
+        const status = service.status(scopeOf(principal));
+        return {
           ...status,
           bpf_stats: status.bpfStats,
           uptime_seconds: status.uptimeSeconds,
@@ -155,10 +217,10 @@ export class GrpcApi {
             collect_errors: c.collectErrors,
             programs: c.programs.map((p) => ({ name: p.name, id: p.id, run_count: p.runCount, run_time_seconds: p.runTimeSeconds })),
           })),
-        });
-      },
-      QueryFlows: query(flowQueryOf, async (q) => {
-        const result = await service.flows(q);
+        };
+      }),
+      QueryFlows: query(operations.flows, flowQueryOf, async (q, principal) => {
+        const result = await service.flows(q, scopeOf(principal));
         return {
           view: result.view,
           total: result.total,
@@ -171,11 +233,12 @@ export class GrpcApi {
             bytes: f.bytes,
             packets: f.packets,
             ...present({ bytes_per_second: f.bytesPerSecond, packets_per_second: f.packetsPerSecond }),
+            ...(f.tuple ? { tuple: flowTupleMessage(f.tuple) } : {}),
           })),
         };
       }),
-      QueryWorkloads: query(workloadQueryOf, async (q) => {
-        const result = await service.workloads(q);
+      QueryWorkloads: query(operations.workloads, workloadQueryOf, async (q, principal) => {
+        const result = await service.workloads(q, scopeOf(principal));
         return {
           total: result.total,
           ...present({ interval_seconds: result.intervalSeconds }),
@@ -196,17 +259,27 @@ export class GrpcApi {
         };
       }),
       StreamEvents: (call: ServerWritableStream<StreamEventsRequest, unknown>) => {
+        void admit(call, operations.events).then((principal) => {
+          if ('code' in principal) endWithStatus(call, Object.assign(new Error(principal.details), principal));
+          else this.streamEvents(service, log, call, principal);
+        });
+      },
+    });
+  }
+
+  private streamEvents(service: AgentService, log: Logger, call: ServerWritableStream<StreamEventsRequest, unknown>, principal: Principal): void {
         let request: EventStreamRequest;
         try {
           request = eventStreamRequest({
             types: call.request.types,
             syscalls: call.request.syscalls,
+            kinds: call.request.kinds,
             ...(call.request.namespace ? { namespace: call.request.namespace } : {}),
             ...(call.request.pod ? { pod: call.request.pod } : {}),
           });
         } catch (err) {
           if (!(err instanceof EventStreamRequestError)) throw err;
-          call.destroy(Object.assign(new Error(err.message), { code: grpcStatus.INVALID_ARGUMENT }));
+          endWithStatus(call, Object.assign(new Error(err.message), { code: grpcStatus.INVALID_ARGUMENT }));
           return;
         }
         const stream = call as ServerWritableStream<unknown, unknown>;
@@ -218,39 +291,54 @@ export class GrpcApi {
           call.write(eventMessage(event));
           return true;
         };
-        service.openEventStream(request, send).then(
+        const release = this.guard.openStream(principal, peerAddress(call.getPeer()));
+        if (!release) {
+          endWithStatus(call, Object.assign(new Error('this identity holds auth.maxStreamsPerIdentity event streams open already'), { code: grpcStatus.RESOURCE_EXHAUSTED }));
+          return;
+        }
+        // The trace stopped (its reader failed): the stream ends with UNAVAILABLE rather than going silent.
+        let failure: Error | undefined;
+        const fail = (err: Error): void => {
+          if (failure) return;
+          failure = err;
+          if (!call.destroyed && !call.writableEnded) endWithStatus(call, Object.assign(new Error(err.message), { code: grpcStatus.UNAVAILABLE }));
+        };
+        service.openEventStream(request, send, fail, scopeOf(principal)).then(
           (endStream) => {
             this.streams.add(stream);
             let ended = false;
             const end = (): void => {
               if (ended) return;
               ended = true;
+              release();
               this.streams.delete(stream);
               endStream().catch((err: unknown) => log.warn({ err }, 'ending an event stream failed'));
             };
             call.on('cancelled', end);
             call.on('close', end);
             if (call.cancelled || call.destroyed) end();
+            // Opened while the server was closing: close() has ended the others already.
+            else if (this.closing) stream.end();
           },
           (err: unknown) => {
+            release();
             const code = err instanceof TraceRefusedError ? traceRefusalCodes[err.reason] : grpcStatus.INTERNAL;
-            call.destroy(Object.assign(new Error(err instanceof Error ? err.message : String(err)), { code }));
+            endWithStatus(call, Object.assign(new Error(err instanceof Error ? err.message : String(err)), { code }));
           },
         );
-      },
-    });
   }
 
   /** Resolves with the bound port. */
   listen(address: ListenAddress): Promise<number> {
     const host = address.host.includes(':') ? `[${address.host}]` : address.host;
     return new Promise((resolve, reject) =>
-      this.server.bindAsync(`${host}:${address.port}`, ServerCredentials.createInsecure(), (err, port) => (err ? reject(err) : resolve(port))),
+      this.server.bindAsync(`${host}:${address.port}`, grpcCredentials(this.tls), (err, port) => (err ? reject(err) : resolve(port))),
     );
   }
 
   /** Ends open event streams, then the server. */
   close(): Promise<void> {
+    this.closing = true;
     for (const stream of this.streams) stream.end();
     return new Promise((resolve) => this.server.tryShutdown(() => resolve()));
   }

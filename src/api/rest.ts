@@ -11,7 +11,10 @@ import { ConfigError } from '../config.js';
 import { agentVersion } from '../version.js';
 import { agentEventTypes, eventTypes, type StreamedEvent } from './events.js';
 import { TraceRefusedError } from '../events/pipeline.js';
-import { eventStreamRequest, EventStreamRequestError, flowDirections, flowJson, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
+import type { Guard } from '../auth/guard.js';
+import { remoteOf } from '../auth/http.js';
+import { operations, scopeOf, type Access, type Principal } from '../auth/principal.js';
+import { eventStreamRequest, EventStreamRequestError, flowDirections, securityKinds, flowJson, printablePattern, flowLimit, flowProtocols, flowSorts, flowViews, workloadLimit, workloadSorts, type AgentService, type FlowQuery, type WorkloadQuery } from './service.js';
 
 type JsonSchema = Record<string, unknown>;
 
@@ -20,6 +23,8 @@ interface Route {
   /** fastify syntax (:name). */
   url: string;
   summary: string;
+  /** Who may call it (roles, SubjectAccessReview attributes): every route declares it, so none ships unprotected. */
+  access: Access;
   querystring?: JsonSchema;
   params?: JsonSchema;
   body?: JsonSchema;
@@ -101,16 +106,35 @@ const flowsSchema: JsonSchema = {
           packets: { type: 'number' },
           bytesPerSecond: nullableNumber,
           packetsPerSecond: nullableNumber,
+          tuple: {
+            type: 'object',
+            description: 'view=5tuple: the flow as the workload sees it (local = the workload\'s end); direction says who sent the first packet.',
+            properties: {
+              family: { type: 'string', enum: ['ipv4', 'ipv6'] },
+              localAddress: { type: 'string' },
+              localPort: { type: 'number' },
+              remoteAddress: { type: 'string' },
+              remotePort: { type: 'number' },
+              remotePod: labels,
+              bytesSent: { type: 'number' },
+              bytesReceived: { type: 'number' },
+              packetsSent: { type: 'number' },
+              packetsReceived: { type: 'number' },
+              tcpFlagsSent: { type: 'array', items: { type: 'string' } },
+              tcpFlagsReceived: { type: 'array', items: { type: 'string' } },
+              firstSeen: { type: 'string', format: 'date-time' },
+              lastSeen: { type: 'string', format: 'date-time' },
+              active: { type: 'boolean' },
+            },
+          },
         },
       },
     },
   },
 };
 
-/** Printable text: names, paths and classes never contain control characters. */
-const printable = '^[^\\u0000-\\u001f\\u007f]+$';
-const name: JsonSchema = { type: 'string', minLength: 1, maxLength: 253, pattern: printable };
-const podOrCgroup: JsonSchema = { type: 'string', minLength: 1, maxLength: 4096, pattern: printable, description: 'A pod name, or a cgroup path in standalone mode.' };
+const name: JsonSchema = { type: 'string', minLength: 1, maxLength: 253, pattern: printablePattern };
+const podOrCgroup: JsonSchema = { type: 'string', minLength: 1, maxLength: 4096, pattern: printablePattern, description: 'A pod name, or a cgroup path in standalone mode.' };
 
 const workloadsSchema: JsonSchema = {
   type: 'object',
@@ -141,13 +165,13 @@ const workloadsSchema: JsonSchema = {
 const limitSchema = ({ max, default: fallback }: { max: number; default: number }): JsonSchema => ({ type: 'integer', minimum: 1, maximum: max, default: fallback });
 
 /** A handler of a query with a limit, which it checks first: the schema's coercion also reads "1e400" as a number, only a plain integer in range is a limit. */
-function limitedQuery<Q extends { limit: number }>(max: number, handle: (query: Q, reply: FastifyReply) => Promise<unknown>): Route['handler'] {
+function limitedQuery<Q extends { limit: number }>(max: number, handle: (query: Q, reply: FastifyReply, request: FastifyRequest) => Promise<unknown>): Route['handler'] {
   return async (request, reply) => {
     const query = request.query as Q;
     if (!Number.isSafeInteger(query.limit) || query.limit < 1 || query.limit > max) {
       return reply.code(400).send({ error: 'bad_request', message: `querystring/limit must be an integer from 1 to ${max}` });
     }
-    return handle(query, reply);
+    return handle(query, reply, request);
   };
 }
 /** "a,b,c" of names made of letters, digits and underscores. */
@@ -161,12 +185,21 @@ function splitList(value: string | undefined): string[] {
 const maxStreamBacklogBytes = 8 << 20;
 
 /** The agent's fastify instance (its logger is the agent's pino logger). */
-type AgentApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, Logger>;
+export type AgentApp = FastifyInstance<RawServerDefault, RawRequestDefaultExpression, RawReplyDefaultExpression, Logger>;
 
-export function registerApi(app: AgentApp, service: AgentService): void {
+/** The caller the guard let in (auth.mode=none: anonymous, every namespace). */
+function principalOf(request: FastifyRequest): Principal {
+  if (!request.principal) throw new Error(`${request.method} ${request.url} reached its handler without the guard`);
+  return request.principal;
+}
+
+export function registerApi(app: AgentApp, service: AgentService, guard: Guard): void {
   // Open event streams never end by themselves: closing the server ends them.
   const streams = new Set<() => void>();
+  // A stream still opening when the server closes is ended as soon as it opens (else close waits for it forever).
+  let closing = false;
   app.addHook('preClose', async () => {
+    closing = true;
     for (const end of streams) end();
   });
   const routes: Route[] = [
@@ -174,20 +207,23 @@ export function registerApi(app: AgentApp, service: AgentService): void {
       method: 'GET',
       url: '/api/v1/status',
       summary: 'Version, node, mode, kernel, and every collector with its state, programs and series',
+      access: operations.status,
       response: statusSchema,
-      handler: async () => service.status(),
+      handler: async (request) => service.status(scopeOf(principalOf(request))),
     },
     {
       method: 'GET',
       url: '/api/v1/collectors',
       summary: 'Every collector with its state',
+      access: operations.collectors,
       response: { type: 'array', items: collectorSchema },
-      handler: async () => service.collectors(),
+      handler: async (request) => service.collectors(scopeOf(principalOf(request))),
     },
     {
       method: 'PUT',
       url: '/api/v1/collectors/:name',
       summary: 'Enable (attach) or disable (detach, series removed) a collector at run time',
+      access: operations.setCollector,
       params: { type: 'object', required: ['name'], properties: { name } },
       body: { type: 'object', required: ['enabled'], additionalProperties: false, properties: { enabled: { type: 'boolean' } } },
       response: collectorSchema,
@@ -201,6 +237,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
       method: 'POST',
       url: '/api/v1/config/reload',
       summary: 'Read the configuration again (as SIGHUP): apply collector changes now, list the keys that need a restart; an invalid one is refused and nothing changes',
+      access: operations.reload,
       response: {
         type: 'object',
         properties: {
@@ -213,7 +250,8 @@ export function registerApi(app: AgentApp, service: AgentService): void {
     {
       method: 'GET',
       url: '/api/v1/flows',
-      summary: 'Top flows from the counters /metrics exports: per workload and peer (view=peer) or protocol (view=protocol), with rates',
+      summary: 'Top flows from the counters /metrics exports: per workload and peer (view=peer) or protocol (view=protocol), with rates; or the live 5-tuple flow table (view=5tuple)',
+      access: operations.flows,
       querystring: {
         type: 'object',
         additionalProperties: false,
@@ -221,22 +259,22 @@ export function registerApi(app: AgentApp, service: AgentService): void {
           view: { type: 'string', enum: flowViews, default: 'peer' },
           namespace: name,
           pod: podOrCgroup,
-          peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printable, description: 'A peer workload (or pod), namespace/name, or peer class.' },
-          protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol only.' },
+          peer: { type: 'string', minLength: 1, maxLength: 512, pattern: printablePattern, description: 'A peer workload (or pod), namespace/name, or peer class; view=5tuple: a remote address, or its pod as namespace/name.' },
+          protocol: { type: 'string', enum: flowProtocols, description: 'view=protocol and view=5tuple only.' },
           direction: { type: 'string', enum: flowDirections },
           sort: { type: 'string', enum: flowSorts, default: 'bytes' },
           limit: limitSchema(flowLimit),
         },
       },
       response: flowsSchema,
-      handler: limitedQuery<FlowQuery>(flowLimit.max, async (query, reply) => {
+      handler: limitedQuery<FlowQuery>(flowLimit.max, async (query, reply, request) => {
         if (query.view === 'peer' && query.protocol !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/protocol applies to view=protocol only (the peer matrix is not split by protocol)' });
         }
         if (query.view === 'protocol' && query.peer !== undefined) {
           return reply.code(400).send({ error: 'bad_request', message: 'querystring/peer applies to view=peer only' });
         }
-        const result = await service.flows(query);
+        const result = await service.flows(query, scopeOf(principalOf(request)));
         // Up to 10,000 flows are megabytes of JSON: written in slices, not in one JSON.stringify.
         return reply.type('application/json; charset=utf-8').send(Readable.from(jsonInSlices(result, 'flows', flowJson)));
       }),
@@ -245,6 +283,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
       method: 'GET',
       url: '/api/v1/workloads',
       summary: 'Per workload: network bytes and packets per second, run-queue latency p99, syscalls and TCP retransmits per second over the last interval, GPU utilization',
+      access: operations.workloads,
       querystring: {
         type: 'object',
         additionalProperties: false,
@@ -256,7 +295,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         },
       },
       response: workloadsSchema,
-      handler: limitedQuery<WorkloadQuery>(workloadLimit.max, (query) => service.workloads(query)),
+      handler: limitedQuery<WorkloadQuery>(workloadLimit.max, (query, _reply, request) => service.workloads(query, scopeOf(principalOf(request)))),
     },
     {
       method: 'GET',
@@ -264,6 +303,7 @@ export function registerApi(app: AgentApp, service: AgentService): void {
       summary:
         'Server-Sent Events: collector state changes, interfaces attached and detached, pods appearing and going away; with types=syscall or network also live traces, filtered in the kernel (namespace, pod, syscall) and attached only while streamed',
       eventStream: true,
+      access: operations.events,
       querystring: {
         type: 'object',
         additionalProperties: false,
@@ -272,15 +312,17 @@ export function registerApi(app: AgentApp, service: AgentService): void {
           namespace: { ...name, description: 'Traces: only this namespace.' },
           pod: { ...podOrCgroup, description: 'Traces: only this pod (or cgroup path, with the cgroups below it).' },
           syscalls: { type: 'string', pattern: commaList, description: 'The syscall trace: only these syscalls, comma-separated (e.g. openat,connect).' },
+          kinds: { type: 'string', pattern: commaList, description: `The security trace: only these kinds of security events, comma-separated, from: ${securityKinds.join(', ')}.` },
         },
       },
       handler: async (request, reply) => {
-        const query = request.query as { types?: string; namespace?: string; pod?: string; syscalls?: string };
+        const query = request.query as { types?: string; namespace?: string; pod?: string; syscalls?: string; kinds?: string };
         let streamRequest;
         try {
           streamRequest = eventStreamRequest({
             types: splitList(query.types),
             syscalls: splitList(query.syscalls),
+            kinds: splitList(query.kinds),
             ...(query.namespace !== undefined ? { namespace: query.namespace } : {}),
             ...(query.pod !== undefined ? { pod: query.pod } : {}),
           });
@@ -309,15 +351,30 @@ export function registerApi(app: AgentApp, service: AgentService): void {
           res.write(`event: ${event.type}\ndata: ${JSON.stringify(event)}\n\n`);
           return true;
         };
+        const principal = principalOf(request);
+        const release = guard.openStream(principal, remoteOf(request));
+        if (!release) return reply.code(429).send({ error: 'too_many_streams', message: 'this identity holds auth.maxStreamsPerIdentity event streams open already' });
+        // The trace stopped (its reader failed): the client hears why, and the stream ends rather than going silent.
+        let failure: Error | undefined;
+        let end: (() => void) | undefined;
+        const fail = (err: Error): void => {
+          failure ??= err;
+          end?.();
+        };
         let endStream: () => Promise<void>;
         try {
-          endStream = await service.openEventStream(streamRequest, send);
+          endStream = await service.openEventStream(streamRequest, send, fail, scopeOf(principal));
         } catch (err) {
+          release();
           if (err instanceof TraceRefusedError) {
             const code = err.reason === 'limit' ? 429 : err.reason === 'filter' ? 400 : 503;
             return reply.code(code).send({ error: err.reason === 'limit' ? 'too_many_traces' : err.reason === 'filter' ? 'bad_request' : 'trace_unavailable', message: err.message });
           }
           throw err;
+        }
+        if (closing) {
+          await endStream();
+          return reply.code(503).send({ error: 'shutting_down', message: 'the agent is stopping' });
         }
         reply.hijack();
         res.writeHead(200, { 'content-type': 'text/event-stream', 'cache-control': 'no-store', connection: 'keep-alive', 'x-accel-buffering': 'no' });
@@ -325,31 +382,35 @@ export function registerApi(app: AgentApp, service: AgentService): void {
         open = true;
         // Proxies close idle streams: a comment now and then keeps it open.
         const heartbeat = setInterval(() => res.write(': keep-alive\n\n'), 15_000);
-        const end = (): void => {
+        const endNow = (): void => {
           if (ended) return;
           ended = true;
+          release();
           clearInterval(heartbeat);
-          streams.delete(end);
+          streams.delete(endNow);
           endStream().catch((err: unknown) => request.log.warn({ err }, 'ending an event stream failed'));
+          if (failure && !res.destroyed) res.write(`event: error\ndata: ${JSON.stringify({ error: 'trace_failed', message: failure.message })}\n\n`);
           res.end();
         };
-        streams.add(end);
+        end = endNow;
+        streams.add(endNow);
         // The response closes when the client goes, whenever that was (also while the trace was being opened).
-        res.on('close', end);
-        if (res.destroyed) end();
+        res.on('close', endNow);
+        if (res.destroyed || failure) endNow();
       },
     },
   ];
 
   // The document describes itself too.
   let openapi: JsonSchema = {};
-  routes.push({ method: 'GET', url: '/api/v1/openapi.json', summary: 'This document', handler: async () => openapi });
+  routes.push({ method: 'GET', url: '/api/v1/openapi.json', summary: 'This document', access: { role: 'viewer', nonResourcePath: '/api/v1/openapi.json', verb: 'get' }, handler: async () => openapi });
   openapi = openApiDocument(routes);
 
   for (const route of routes) {
     app.route({
       method: route.method,
       url: route.url,
+      config: { access: route.access },
       schema: {
         ...(route.querystring ? { querystring: route.querystring } : {}),
         ...(route.params ? { params: route.params } : {}),
@@ -440,15 +501,25 @@ function openApiDocument(routes: readonly Route[]): JsonSchema {
     paths[path] ??= {};
     paths[path][route.method.toLowerCase()] = {
       summary: route.summary,
+      // Who may call it: a role with auth.mode=tokens, these SubjectAccessReview attributes with auth.mode=kubernetes.
+      'x-probepilot-access': route.access,
+      security: [{ bearer: [] }],
       ...(parameters.length ? { parameters } : {}),
       ...(route.body ? { requestBody: { required: true, content: { 'application/json': { schema: route.body } } } } : {}),
-      responses: { 200: ok, 400: { description: 'Invalid input', ...failure }, 404: { description: 'No such route or collector', ...failure } },
+      responses: {
+        200: ok,
+        400: { description: 'Invalid input', ...failure },
+        401: { description: 'No valid bearer token', ...failure },
+        403: { description: 'The caller lacks the role (or RBAC grant) this call needs', ...failure },
+        404: { description: 'No such route or collector', ...failure },
+        429: { description: 'Over the rate limit (see Retry-After) or too many event streams', ...failure },
+      },
     };
   }
   return {
     openapi: '3.1.0',
     info: { title: 'ProbePilot agent API', version: agentVersion },
     paths,
-    components: { schemas: { Error: errorSchema } },
+    components: { schemas: { Error: errorSchema }, securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
   };
 }

@@ -12,7 +12,12 @@ import type { ConfigChange } from '../reload.js';
 import { RateWindow, ratePerSecond, type RateBaseline } from './rate-window.js';
 import { histogramDelta, histogramQuantile } from '../metrics/histogram.js';
 import { EventPipeline } from '../events/pipeline.js';
+import { securityOps, type SecurityOp } from '../events/records.js';
+import { everything, visible, type Scope } from '../auth/principal.js';
 import { agentEventTypes, eventTypes, traceKinds, type AgentEvents, type EventType, type StreamedEvent, type TraceKind } from './events.js';
+import { NetworkCollector, type LiveFlow } from '../collectors/network.js';
+import { tcpFlagNames } from '../collectors/network-decode.js';
+import { formatIp, parseIp } from '../ip.js';
 
 export interface ProgramStatus {
   name: string;
@@ -42,7 +47,7 @@ export interface AgentStatus {
 }
 
 /** The values a flows query takes, for every transport (REST schema, gRPC checks, CLI choices). */
-export const flowViews = ['peer', 'protocol'] as const;
+export const flowViews = ['peer', 'protocol', '5tuple'] as const;
 export const flowProtocols = ['tcp', 'udp', 'icmp', 'other'] as const;
 export const flowDirections = ['ingress', 'egress'] as const;
 export const flowSorts = ['bytes', 'packets'] as const;
@@ -51,11 +56,11 @@ export const flowLimit = { default: 20, max: 10000 } as const;
 export type FlowView = (typeof flowViews)[number];
 
 export interface FlowQuery {
-  /** peer: the peer matrix (who talks to whom); protocol: traffic by protocol. */
+  /** peer: the peer matrix (who talks to whom); protocol: traffic by protocol; 5tuple: the live flow table. */
   view: FlowView;
   namespace?: string;
   pod?: string;
-  /** A peer's workload (or pod), namespace/name, or class (pod, host, node, world, a CIDR name). */
+  /** A peer's workload (or pod), namespace/name, or class (pod, host, node, world, a CIDR name); view=5tuple: the remote address, or its pod as namespace/name. */
   peer?: string;
   protocol?: (typeof flowProtocols)[number];
   direction?: (typeof flowDirections)[number];
@@ -69,13 +74,37 @@ export interface FlowEntry {
   direction: string;
   /** view=peer: peer_namespace, peer_workload (or peer_pod), peer_class. */
   peer?: Record<string, string>;
-  /** view=protocol. */
+  /** view=protocol and view=5tuple. */
   protocol?: string;
+  /** view=5tuple: the flow as the workload sees it; direction is who sent its first packet (egress: the workload). */
+  tuple?: FlowTuple;
   bytes: number;
   packets: number;
   /** Over the interval since an earlier query at least a second ago; null for the first. */
   bytesPerSecond: number | null;
   packetsPerSecond: number | null;
+}
+
+/** One flow of the live table (view=5tuple). bytes and packets count both directions. */
+export interface FlowTuple {
+  family: 'ipv4' | 'ipv6';
+  localAddress: string;
+  localPort: number;
+  remoteAddress: string;
+  remotePort: number;
+  /** The pod at the remote address (namespace, pod, workload), when the identity knows one. */
+  remotePod: Record<string, string>;
+  bytesSent: number;
+  bytesReceived: number;
+  packetsSent: number;
+  packetsReceived: number;
+  /** TCP flags seen each way (syn, ack, fin, rst, …). */
+  tcpFlagsSent: string[];
+  tcpFlagsReceived: string[];
+  firstSeen: string;
+  lastSeen: string;
+  /** Not idle, and (TCP) not ended by a reset or a FIN each way. */
+  active: boolean;
 }
 
 export interface FlowsResult {
@@ -172,7 +201,10 @@ interface WorkloadReading {
   runqueue: number[] | undefined;
 }
 
-const families: Record<FlowView, { bytes: string; packets: string }> = {
+/** The views answered from a collection's counters (5tuple reads the live table). */
+type CountedView = Exclude<FlowView, '5tuple'>;
+
+const families: Record<CountedView, { bytes: string; packets: string }> = {
   peer: { bytes: 'probepilot_network_flow_bytes_total', packets: 'probepilot_network_flow_packets_total' },
   protocol: { bytes: 'probepilot_network_bytes_total', packets: 'probepilot_network_packets_total' },
 };
@@ -185,6 +217,20 @@ export interface EventStreamRequest {
   namespace?: string;
   pod?: string;
   syscalls?: string[];
+  /** The security trace only: these kinds of security events. */
+  kinds?: SecurityOp[];
+}
+
+/** What the kinds filter of the security trace allows. */
+export const securityKinds: readonly SecurityOp[] = Object.values(securityOps);
+
+/** Printable text: names, paths and classes never contain control characters. REST checks it as this schema pattern, the rest with isPrintable. */
+export const printablePattern = '^[^\\u0000-\\u001f\\u007f]+$';
+const printableText = new RegExp(printablePattern);
+
+/** 1 to maxLength characters, none of them a control character. */
+export function isPrintable(value: string, maxLength = 4096): boolean {
+  return value.length <= maxLength && printableText.test(value);
 }
 
 /** A stream request that cannot be served as asked: the message names the field and what it allows. */
@@ -196,7 +242,7 @@ export class EventStreamRequestError extends Error {
 }
 
 /** The same checks for every transport (REST query, gRPC request, CLI flags). */
-export function eventStreamRequest(input: { types: readonly string[]; namespace?: string; pod?: string; syscalls: readonly string[] }): EventStreamRequest {
+export function eventStreamRequest(input: { types: readonly string[]; namespace?: string; pod?: string; syscalls: readonly string[]; kinds?: readonly string[] }): EventStreamRequest {
   const unknown = input.types.filter((t) => !(eventTypes as readonly string[]).includes(t));
   if (unknown.length) throw new EventStreamRequestError(`types: unknown ${unknown.join(', ')}; the types are ${eventTypes.join(', ')}`);
   const types = [...new Set(input.types)] as EventType[];
@@ -204,8 +250,8 @@ export function eventStreamRequest(input: { types: readonly string[]; namespace?
   for (const field of ['namespace', 'pod'] as const) {
     const value = input[field];
     if (value === undefined) continue;
-    if (!traced) throw new EventStreamRequestError(`${field} filters traces: ask for types syscall or network too`);
-    if (value.length === 0 || value.length > 4096 || /[\u0000-\u001f\u007f]/.test(value)) throw new EventStreamRequestError(`${field} must be printable text of 1 to 4096 characters`);
+    if (!traced) throw new EventStreamRequestError(`${field} filters traces: ask for types syscall, network or security too`);
+    if (!isPrintable(value)) throw new EventStreamRequestError(`${field} must be printable text of 1 to 4096 characters`);
   }
   if (input.syscalls.length) {
     if (!types.includes('syscall')) throw new EventStreamRequestError('syscalls filters the syscall trace: ask for type syscall too');
@@ -213,11 +259,18 @@ export function eventStreamRequest(input: { types: readonly string[]; namespace?
     const bad = input.syscalls.filter((name) => !choices.includes(name));
     if (bad.length) throw new EventStreamRequestError(`syscalls: unknown ${bad.join(', ')}; the syscalls are ${choices.join(', ')}`);
   }
+  const kinds = input.kinds ?? [];
+  if (kinds.length) {
+    if (!types.includes('security')) throw new EventStreamRequestError('kinds filters the security trace: ask for type security too');
+    const bad = kinds.filter((kind) => !(securityKinds as readonly string[]).includes(kind));
+    if (bad.length) throw new EventStreamRequestError(`kinds: unknown ${bad.join(', ')}; the kinds are ${securityKinds.join(', ')}`);
+  }
   return {
     types,
     ...(input.namespace !== undefined ? { namespace: input.namespace } : {}),
     ...(input.pod !== undefined ? { pod: input.pod } : {}),
     ...(input.syscalls.length ? { syscalls: [...new Set(input.syscalls)] } : {}),
+    ...(kinds.length ? { kinds: [...new Set(kinds)] as SecurityOp[] } : {}),
   };
 }
 
@@ -247,7 +300,13 @@ interface CollectedView {
   flows: CollectedFlow[];
   /** The collection's counters, and when it read them. */
   snapshot: { at: number; values: FlowCounters };
-  answers: ViewAnswers | undefined;
+  /** Built once per baseline, and shared by the queries (and the warm-up) that find it while it is being built. */
+  answers: { baselineAt: number | undefined; built: Promise<ViewAnswers> } | undefined;
+}
+
+/** The answers sorted by one counter, descending; sorted once per answers. */
+function sortedFlows(answers: ViewAnswers, sort: FlowQuery['sort']): ViewAnswers['flows'] {
+  return (answers.sorted[sort] ??= [...answers.flows].sort((a, b) => b.entry[sort] - a.entry[sort]));
 }
 
 /** Flow entries as JSON, written once per collection: a query of 10,000 flows joins strings instead of serializing objects. */
@@ -269,6 +328,21 @@ export interface AgentServiceDeps {
   reload: () => Promise<ConfigChange>;
   /** How old a collection queries may answer from (collectionMaxAgeSeconds). */
   collectionMaxAgeMs: number;
+  /** Whether queries start the next collection ahead (collectionAhead). */
+  collectionAhead: boolean;
+}
+
+function eventVisible(event: StreamedEvent, scope: Scope): boolean {
+  switch (event.type) {
+    case 'collector':
+      return true;
+    case 'pod':
+      return visible({ namespace: event.namespace, pod: event.pod }, scope);
+    case 'interface':
+      return event.workload === null;
+    default:
+      return visible(event.workload, scope);
+  }
 }
 
 /** Labels of a sample as a key: one family's samples carry the same label names in the same order. */
@@ -282,7 +356,7 @@ export class AgentService {
   /** Every workload's counters at recent queries, and when each collector was read. */
   private readonly workloadReadings = new RateWindow<{ readAt: Partial<Record<keyof typeof workloadSources, number>>; rows: Map<string, WorkloadReading> }>();
   /** Flows per view of the collections queries answered from lately (dropped with their collection). */
-  private readonly collectedViews = new WeakMap<Collection, Map<FlowView, Promise<CollectedView>>>();
+  private readonly collectedViews = new WeakMap<Collection, Map<CountedView, Promise<CollectedView>>>();
 
   constructor(private readonly deps: AgentServiceDeps) {}
 
@@ -294,7 +368,8 @@ export class AgentService {
     return this.deps.manager.states().map((s) => s.name);
   }
 
-  status(): AgentStatus {
+  /** A tenant (a scope with namespaces) gets no collector details: they name interfaces' workloads. */
+  status(scope: Scope = everything): AgentStatus {
     const { manager, identity } = this.deps;
     return {
       version: agentVersion,
@@ -304,7 +379,7 @@ export class AgentService {
       btf: existsSync('/sys/kernel/btf/vmlinux'),
       bpfStats: this.deps.bpfStats,
       uptimeSeconds: Math.round(process.uptime()),
-      collectors: manager.states().map((state) => this.collectorStatus(state)),
+      collectors: this.collectors(scope),
       identity: identity.describe(),
       events: this.deps.pipeline.describe(),
     };
@@ -313,9 +388,17 @@ export class AgentService {
   /**
    * Starts delivering the events a request asks for to listener (false: the
    * transport could not take it); resolves with the function that ends the
-   * stream. A trace that cannot be opened rejects with TraceRefusedError.
+   * stream. A trace that cannot be opened rejects with TraceRefusedError; one
+   * that stops later calls fail (maybe before this resolves, maybe once per kind).
    */
-  async openEventStream(request: EventStreamRequest, listener: (event: StreamedEvent) => boolean): Promise<() => Promise<void>> {
+  async openEventStream(
+    request: EventStreamRequest,
+    deliver: (event: StreamedEvent) => boolean,
+    fail: (err: Error) => void,
+    scope: Scope = everything,
+  ): Promise<() => Promise<void>> {
+    // A tenant's stream carries its namespaces' events only: traces and pods by their labels, interfaces only when they are no pod's.
+    const listener = scope.namespaces ? (event: StreamedEvent): boolean => (eventVisible(event, scope) ? deliver(event) : true) : deliver;
     const agentTypes = new Set<string>(request.types.length ? request.types.filter((t) => (agentEventTypes as readonly string[]).includes(t)) : agentEventTypes);
     const kinds = request.types.filter((t): t is TraceKind => (traceKinds as readonly string[]).includes(t));
     const ends: Array<() => Promise<void>> = [];
@@ -326,8 +409,9 @@ export class AgentService {
           ...(request.namespace !== undefined ? { namespace: request.namespace } : {}),
           ...(request.pod !== undefined ? { pod: request.pod } : {}),
           ...(kind === 'syscall' && request.syscalls ? { syscalls: request.syscalls } : {}),
+          ...(kind === 'security' && request.kinds ? { kinds: request.kinds } : {}),
         };
-        ends.push(await this.deps.pipeline.subscribe(filter, listener));
+        ends.push(await this.deps.pipeline.subscribe(filter, listener, fail));
       }
     } catch (err) {
       await Promise.all(ends.map((end) => end()));
@@ -344,8 +428,13 @@ export class AgentService {
     };
   }
 
-  collectors(): CollectorStatus[] {
-    return this.deps.manager.states().map((state) => this.collectorStatus(state));
+  collectors(scope: Scope = everything): CollectorStatus[] {
+    return this.deps.manager.states().map((state) => {
+      const status = this.collectorStatus(state);
+      if (!scope.namespaces) return status;
+      const { details: _details, ...rest } = status;
+      return rest;
+    });
   }
 
   /** Throws UnknownCollectorError for a name the agent has no collector for. */
@@ -360,25 +449,91 @@ export class AgentService {
     return { ...state, programs, ...(details ? { details } : {}) };
   }
 
-  async flows(query: FlowQuery): Promise<FlowsResult> {
+  async flows(query: FlowQuery, scope: Scope = everything): Promise<FlowsResult> {
+    if (query.view === '5tuple') return this.liveFlows(query, scope);
+    const counted: CountedView = query.view;
     // The network collector's families are all flows read; the other collectors' maps are not.
-    const collection = await this.deps.manager.recentCollection('network', this.deps.collectionMaxAgeMs);
+    // A collection started ahead gets its answers built before the queries that will read it arrive.
+    const collection = await this.deps.manager.recentCollection('network', this.deps.collectionMaxAgeMs, (fresh) => {
+      this.flowAnswers(fresh, counted).then(
+        (answers) => {
+          for (const sort of flowSorts) sortedFlows(answers, sort);
+        },
+        // Not lost: the queries that read this collection share the same answers, and so meet the error themselves.
+        () => undefined,
+      );
+    }, this.deps.collectionAhead);
     if (!collection) return { view: query.view, total: 0, intervalSeconds: null, flows: [] };
-    const view = await this.collectedView(collection, query.view);
-    let readings = this.flowReadings.get(query.view);
-    if (!readings) this.flowReadings.set(query.view, (readings = new RateWindow()));
-    const baseline = readings.advance(view.snapshot.at, view.snapshot.values);
-    // Queries of one collection find the same baseline: they share its answers.
-    if (!view.answers || view.answers.baselineAt !== baseline?.at) view.answers = await this.answers(view, query.view, baseline);
-    const { answers } = view;
-    const sorted = (answers.sorted[query.sort] ??= [...answers.flows].sort((a, b) => b.entry[query.sort] - a.entry[query.sort]));
+    const answers = await this.flowAnswers(collection, counted);
+    const sorted = sortedFlows(answers, query.sort);
     const flows: FlowEntry[] = [];
     let total = 0;
     for (const { flow, entry } of sorted) {
-      if (!this.matches(flow.labels, query)) continue;
+      if (!this.matches(flow.labels, query) || !visible(flow.labels, scope)) continue;
       if (total++ < query.limit) flows.push(entry);
     }
     return { view: query.view, total, intervalSeconds: answers.interval, flows };
+  }
+
+  /** The kernel's flow table as it is now: no rates (entries come and go between queries). */
+  private async liveFlows(query: FlowQuery, scope: Scope): Promise<FlowsResult> {
+    const network = this.deps.manager.collector('network');
+    const table: LiveFlow[] = network instanceof NetworkCollector ? await network.flowTable() : [];
+    const pods = new Map<string, Record<string, string>>();
+    for (const [text, pod] of this.deps.identity.peers().pods) {
+      const ip = parseIp(text);
+      if (ip) pods.set(formatIp(ip.family, ip.bytes), { namespace: pod.namespace, pod: pod.pod, workload: pod.workload });
+    }
+    const entries: FlowEntry[] = [];
+    for (const { labels, entry, firstSeen, lastSeen, active } of table) {
+      const protocol = entry.ipProtocol === 6 ? 'tcp' : entry.ipProtocol === 17 ? 'udp' : entry.ipProtocol === 1 || entry.ipProtocol === 58 ? 'icmp' : 'other';
+      const remoteAddress = formatIp(entry.family, entry.remoteAddress);
+      const peer = pods.get(remoteAddress);
+      // A tenant's own connection stays listed; another tenant's pod behind its remote address is not named.
+      const remotePod = peer && visible(peer, scope) ? peer : {};
+      if (!this.matchesWorkload(labels, query) || !visible(labels, scope)) continue;
+      if (query.direction !== undefined && entry.openedBy !== query.direction) continue;
+      if (query.protocol !== undefined && protocol !== query.protocol) continue;
+      if (query.peer !== undefined && query.peer !== remoteAddress && query.peer !== `${remotePod.namespace}/${remotePod.pod}`) continue;
+      entries.push({
+        workload: labels,
+        direction: entry.openedBy,
+        protocol,
+        tuple: {
+          family: entry.family === 4 ? 'ipv4' : 'ipv6',
+          localAddress: formatIp(entry.family, entry.localAddress),
+          localPort: entry.localPort,
+          remoteAddress,
+          remotePort: entry.remotePort,
+          remotePod,
+          bytesSent: entry.bytes.egress,
+          bytesReceived: entry.bytes.ingress,
+          packetsSent: entry.packets.egress,
+          packetsReceived: entry.packets.ingress,
+          tcpFlagsSent: tcpFlagNames(entry.tcpFlags.egress),
+          tcpFlagsReceived: tcpFlagNames(entry.tcpFlags.ingress),
+          firstSeen: new Date(firstSeen).toISOString(),
+          lastSeen: new Date(lastSeen).toISOString(),
+          active,
+        },
+        bytes: entry.bytes.egress + entry.bytes.ingress,
+        packets: entry.packets.egress + entry.packets.ingress,
+        bytesPerSecond: null,
+        packetsPerSecond: null,
+      });
+    }
+    entries.sort((a, b) => b[query.sort] - a[query.sort]);
+    return { view: query.view, total: entries.length, intervalSeconds: null, flows: entries.slice(0, query.limit) };
+  }
+
+  /** A collection's answers for one view, against the baseline its time finds: the queries of one collection share them. */
+  private async flowAnswers(collection: Collection, flowView: CountedView): Promise<ViewAnswers> {
+    const view = await this.collectedView(collection, flowView);
+    let readings = this.flowReadings.get(flowView);
+    if (!readings) this.flowReadings.set(flowView, (readings = new RateWindow()));
+    const baseline = readings.advance(view.snapshot.at, view.snapshot.values);
+    if (!view.answers || view.answers.baselineAt !== baseline?.at) view.answers = { baselineAt: baseline?.at, built: this.answers(view, flowView, baseline) };
+    return view.answers.built;
   }
 
   private async answers(view: CollectedView, flowView: FlowView, baseline: RateBaseline<FlowCounters> | undefined): Promise<ViewAnswers> {
@@ -406,7 +561,7 @@ export class AgentService {
   }
 
   /** The flows of a view in a collection, built by the first query that reads them; the others share them. */
-  private collectedView(collection: Collection, view: FlowView): Promise<CollectedView> {
+  private collectedView(collection: Collection, view: CountedView): Promise<CollectedView> {
     let views = this.collectedViews.get(collection);
     if (!views) this.collectedViews.set(collection, (views = new Map()));
     let built = views.get(view);
@@ -414,7 +569,7 @@ export class AgentService {
     return built;
   }
 
-  private async buildView(collection: Collection, view: FlowView): Promise<CollectedView> {
+  private async buildView(collection: Collection, view: CountedView): Promise<CollectedView> {
     const names = families[view];
     const samples = (name: string): ScalarSample[] => {
       const family = collection.families.find((f) => f.name === name);
@@ -451,7 +606,7 @@ export class AgentService {
    * over the interval since an earlier query, and GPU utilization now; each
    * from its collector alone, a collector not running leaving its columns null.
    */
-  async workloads(query: WorkloadQuery): Promise<WorkloadsResult> {
+  async workloads(query: WorkloadQuery, scope: Scope = everything): Promise<WorkloadsResult> {
     const { manager, identity } = this.deps;
     const running = new Set(manager.states().filter((s) => s.up).map((s) => s.name));
     const sources = Object.keys(workloadSources) as Array<keyof typeof workloadSources>;
@@ -459,7 +614,7 @@ export class AgentService {
     const readAt: Partial<Record<keyof typeof workloadSources, number>> = {};
     const collected = await Promise.all(
       sources.map(async (name) => {
-        const collection = running.has(name) ? await manager.recentCollection(name, this.deps.collectionMaxAgeMs) : undefined;
+        const collection = running.has(name) ? await manager.recentCollection(name, this.deps.collectionMaxAgeMs, undefined, this.deps.collectionAhead) : undefined;
         if (!collection) return [];
         readAt[name] = collection.at;
         return collection.families;
@@ -517,7 +672,7 @@ export class AgentService {
     };
     const workloads: WorkloadEntry[] = [];
     for (const [key, { workload, reading, gpu }] of rows) {
-      if (!this.matchesWorkload(workload, query)) continue;
+      if (!this.matchesWorkload(workload, query) || !visible(workload, scope)) continue;
       const before = baseline?.values.rows.get(key);
       const rate = (collector: keyof typeof workloadSources, field: Exclude<keyof WorkloadReading, 'runqueue'>) => {
         const seconds = intervalOf(collector);

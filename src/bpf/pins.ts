@@ -6,6 +6,7 @@
 // was down), and reads the state back.
 import { createHash } from 'node:crypto';
 import { mkdirSync, readdirSync, readFileSync, renameSync, rmSync, unlinkSync, writeFileSync } from 'node:fs';
+import { mkdir, rename, writeFile } from 'node:fs/promises';
 import path from 'node:path';
 import type { Logger } from '../log.js';
 import type { AgentConfig } from '../config.js';
@@ -31,6 +32,21 @@ const layoutVersions: Readonly<Record<string, number>> = {
 
 const mapsDirPrefix = 'maps-v';
 
+/** reused: the pin of an earlier run, counts continue; recreated: an incompatible pin was replaced; created: none was there. */
+export type MapPinOutcome = 'reused' | 'recreated' | 'created';
+
+export interface PinnedMaps {
+  outcomes: ReadonlyMap<string, MapPinOutcome>;
+  /**
+   * Kernel ids of the earlier run's maps this one replaced. Its programs may
+   * still be attached (a clsact filter holds them): with every map
+   * re-created, these ids are what tell those programs are ours.
+   */
+  replacedIds: ReadonlySet<number>;
+  /** The map's counts continue, so its saved state applies. */
+  reused(map: string): boolean;
+}
+
 /** Why a pinned map cannot serve as the object's map; "" when it can. */
 export function layoutMismatch(wanted: MapInfo, pinned: PinnedMapInfo): string {
   const checks: Array<[string, number, number]> = [
@@ -53,6 +69,10 @@ export class ObjectPins {
   private readonly linksDir: string;
   private readonly statePath: string;
   private readonly layoutVersion: number;
+  /** saveStateSoon: the write in flight, and the newest state asked for after it started. */
+  private stateWrite: Promise<void> | undefined;
+  private pendingState: (() => unknown) | undefined;
+  private outcomes: ReadonlyMap<string, MapPinOutcome> = new Map();
 
   constructor(
     private readonly addon: NativeAddon,
@@ -75,32 +95,49 @@ export class ObjectPins {
    * Before load: points every map of the object at its pin (libbpf reuses
    * it, or creates and pins it). Pins of another layout version or of an
    * incompatible shape are removed first, with a log line naming the map.
-   * Returns true when every map was reused: counts continue.
+   * Says per map whether its counts continue: some maps of an object can be
+   * reused while others are re-created, and each one's saved state goes
+   * with its own outcome.
    */
-  pinMaps(object: BpfObject): boolean {
+  pinMaps(object: BpfObject): PinnedMaps {
     mkdirSync(this.mapsDir, { recursive: true });
     const current = path.basename(this.mapsDir);
+    const replacedIds = new Set<number>();
+    const replacedNames = new Set<string>();
     for (const entry of readdirSync(this.dir)) {
       if (!entry.startsWith(mapsDirPrefix) || entry === current) continue;
       for (const map of readdirSync(path.join(this.dir, entry))) {
-        this.log.warn({ map, pinPath: path.join(this.dir, entry, map), reason: `layout ${entry} pinned, ${current} wanted` }, 'pinned map has an incompatible layout; re-created (its counts start over)');
+        const pinPath = path.join(this.dir, entry, map);
+        const pinned = this.addon.pinnedMapInfo(pinPath);
+        if (pinned) replacedIds.add(pinned.id);
+        replacedNames.add(map);
+        this.log.warn({ map, pinPath, reason: `layout ${entry} pinned, ${current} wanted` }, 'pinned map has an incompatible layout; re-created (its counts start over)');
       }
       rmSync(path.join(this.dir, entry), { recursive: true, force: true });
     }
-    let reused = true;
+    const outcomes = new Map<string, MapPinOutcome>();
     for (const map of object.maps()) {
       if (map.internal) continue;
       const pinPath = path.join(this.mapsDir, map.name);
       const pinned = this.addon.pinnedMapInfo(pinPath);
-      const reason = pinned ? layoutMismatch(map, pinned) : 'not pinned yet';
+      const reason = pinned ? layoutMismatch(map, pinned) : '';
       if (pinned && reason) {
         this.log.warn({ map: map.name, pinPath, reason }, 'pinned map has an incompatible layout; re-created (its counts start over)');
+        replacedIds.add(pinned.id);
         unlinkSync(pinPath);
       }
-      if (reason) reused = false;
+      outcomes.set(map.name, pinned && !reason ? 'reused' : pinned || replacedNames.has(map.name) ? 'recreated' : 'created');
       object.setMapPinPath(map.name, pinPath);
     }
-    return reused;
+    const byOutcome = (wanted: MapPinOutcome) => [...outcomes].filter(([, o]) => o === wanted).map(([name]) => name);
+    this.log.info({ reused: byOutcome('reused'), recreated: byOutcome('recreated'), created: byOutcome('created') }, 'pinned maps');
+    this.outcomes = outcomes;
+    return { outcomes, replacedIds, reused: (map) => outcomes.get(map) === 'reused' };
+  }
+
+  /** Each map's outcome at the last pinMaps. */
+  mapOutcomes(): ReadonlyMap<string, MapPinOutcome> {
+    return this.outcomes;
   }
 
   /**
@@ -166,6 +203,35 @@ export class ObjectPins {
     const temporary = `${this.statePath}.${process.pid}.tmp`;
     writeFileSync(temporary, JSON.stringify(state));
     renameSync(temporary, this.statePath);
+  }
+
+  /**
+   * The same state, off the collection path: while one write is in flight,
+   * every later request becomes one write of the newest state (a churn of
+   * retiring entries is a few writes, not one synchronous write per collection).
+   */
+  saveStateSoon(produce: () => unknown, onError: (err: unknown) => void): void {
+    this.pendingState = produce;
+    this.stateWrite ??= (async () => {
+      while (this.pendingState) {
+        const next = this.pendingState;
+        this.pendingState = undefined;
+        try {
+          await mkdir(path.dirname(this.statePath), { recursive: true });
+          const temporary = `${this.statePath}.${process.pid}.async.tmp`;
+          await writeFile(temporary, JSON.stringify(next()));
+          await rename(temporary, this.statePath);
+        } catch (err) {
+          onError(err);
+        }
+      }
+      this.stateWrite = undefined;
+    })();
+  }
+
+  /** Waits for saveStateSoon's writes, so a writeState after it is the last word. */
+  async flushState(): Promise<void> {
+    await this.stateWrite;
   }
 
   /** Everything of this object: pins (unpinned links detach once our fds close) and state. */

@@ -3,6 +3,7 @@
 import type { Logger } from '../log.js';
 import type { AgentConfig } from '../config.js';
 import type { NativeAddon, ProgramInfo } from '../bpf/addon.js';
+import type { MapPinOutcome } from '../bpf/pins.js';
 import type { FamilyDescriptor, MetricFamily } from '../metrics/model.js';
 import type { Identity } from '../identity/identity.js';
 import type { AgentEvents } from '../api/events.js';
@@ -54,6 +55,8 @@ export interface Collector {
    * collector is not started again: the agent makes a new one.
    */
   stop(options?: StopOptions): Promise<void>;
+  /** With pins on: whether each map's pin of an earlier run was reused, as of the last start. */
+  pinnedMaps?(): ReadonlyMap<string, MapPinOutcome>;
   /** Collector-specific state for the status API (e.g. the network collector's interfaces and attach modes). */
   describe?(): Record<string, unknown>;
   /**

@@ -2,6 +2,8 @@
 // one BPF file (none for the GPU's NVML), one module and one line here.
 import { blockCollector } from './block.js';
 import type { Collector, CollectorContext } from './collector.js';
+import { customProbeFactories } from './custom.js';
+import { dnsCollector } from './dns.js';
 import { dropsCollector } from './drops.js';
 import { GpuCollector } from './gpu.js';
 import { NetworkCollector } from './network.js';
@@ -19,7 +21,9 @@ export function collectorFactories(ctx: CollectorContext): Array<() => Collector
     () => tcpCollector(ctx),
     () => blockCollector(ctx),
     () => dropsCollector(ctx),
+    () => dnsCollector(ctx),
     () => processCollector(ctx),
     () => new GpuCollector(ctx),
+    ...customProbeFactories(ctx),
   ];
 }

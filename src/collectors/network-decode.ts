@@ -141,3 +141,105 @@ export function encodePeerClass(peerClass: number): Buffer {
   value.writeUInt16LE(peerClass);
   return value;
 }
+
+/** struct conn_key and struct conn_value in net.bpf.c (the 5-tuple flow table). */
+export const connKeySize = 56;
+export const connValueSize = 56;
+
+/** Bits of a TCP header's flags byte. */
+const tcpFlagBits = { fin: 0x01, syn: 0x02, rst: 0x04, psh: 0x08, ack: 0x10, urg: 0x20, ece: 0x40, cwr: 0x80 } as const;
+export type TcpFlagName = keyof typeof tcpFlagBits;
+
+export function tcpFlagNames(bits: number): TcpFlagName[] {
+  return (Object.keys(tcpFlagBits) as TcpFlagName[]).filter((name) => bits & tcpFlagBits[name]);
+}
+
+export interface ConnEntry {
+  index: number;
+  cgroupId: bigint;
+  ifindex: number;
+  family: 4 | 6;
+  /** The IP protocol number (6 TCP, 17 UDP, 1 ICMP, 58 ICMPv6, …). */
+  ipProtocol: number;
+  localAddress: Uint8Array;
+  localPort: number;
+  remoteAddress: Uint8Array;
+  remotePort: number;
+  /** CLOCK_MONOTONIC ns, as bpf_ktime_get_ns and process.hrtime.bigint() read it. */
+  firstSeenNs: bigint;
+  lastSeenNs: bigint;
+  bytes: Record<Direction, number>;
+  packets: Record<Direction, number>;
+  tcpFlags: Record<Direction, number>;
+  /** Direction of the first packet seen: egress when the workload opened the flow. */
+  openedBy: Direction;
+}
+
+/** Decodes entry i of a net_conns dump (the sizes are checked once, here). */
+export function connDecoder(dump: MapDump): (index: number) => ConnEntry {
+  if (dump.keySize !== connKeySize || dump.valueSize !== connValueSize) {
+    throw new Error(`net_conns entries are ${dump.keySize}+${dump.valueSize} bytes, expected ${connKeySize}+${connValueSize}: object and agent disagree`);
+  }
+  return (i) => {
+    const k = i * connKeySize;
+    const v = i * connValueSize;
+    const family = dump.keys[k + 12] === 6 ? 6 : 4;
+    const addressLength = family === 4 ? 4 : 16;
+    return {
+      index: i,
+      cgroupId: dump.keys.readBigUInt64LE(k),
+      ifindex: dump.keys.readUInt32LE(k + 8),
+      family,
+      ipProtocol: dump.keys[k + 13]!,
+      // Ports are in network byte order in the key.
+      localPort: dump.keys.readUInt16BE(k + 14),
+      remotePort: dump.keys.readUInt16BE(k + 16),
+      localAddress: dump.keys.subarray(k + 20, k + 20 + addressLength),
+      remoteAddress: dump.keys.subarray(k + 36, k + 36 + addressLength),
+      firstSeenNs: dump.values.readBigUInt64LE(v),
+      lastSeenNs: dump.values.readBigUInt64LE(v + 8),
+      bytes: { ingress: Number(dump.values.readBigUInt64LE(v + 16)), egress: Number(dump.values.readBigUInt64LE(v + 24)) },
+      packets: { ingress: Number(dump.values.readBigUInt64LE(v + 32)), egress: Number(dump.values.readBigUInt64LE(v + 40)) },
+      tcpFlags: { ingress: dump.values[v + 48]!, egress: dump.values[v + 49]! },
+      openedBy: directions[dump.values[v + 50]!] ?? 'ingress',
+    };
+  };
+}
+
+/** A TCP flow the peers have finished with: a reset either way, or a FIN each way. */
+export function connFinished(entry: Pick<ConnEntry, 'ipProtocol' | 'tcpFlags'>): boolean {
+  if (entry.ipProtocol !== 6) return false;
+  const { ingress, egress } = entry.tcpFlags;
+  return ((ingress | egress) & tcpFlagBits.rst) !== 0 || (ingress & egress & tcpFlagBits.fin) !== 0;
+}
+
+/** enum tcp_flag in net.bpf.c. */
+export const tcpControlFlags = ['syn', 'fin', 'rst'] as const;
+
+export const tcpFlagKeySize = 16;
+
+export interface TcpFlagEntry {
+  index: number;
+  cgroupId: bigint;
+  ifindex: number;
+  direction: Direction;
+  flag: (typeof tcpControlFlags)[number];
+  segments: number;
+}
+
+/** Decodes entry i of a net_tcp_flags dump. */
+export function tcpFlagDecoder(dump: MapDump, cpus: number): (index: number) => TcpFlagEntry {
+  if (dump.keySize !== tcpFlagKeySize) throw new Error(`net_tcp_flags key is ${dump.keySize} bytes, expected ${tcpFlagKeySize}: object and agent disagree`);
+  const stride = dump.valueSize / cpus;
+  return (i) => {
+    const k = i * tcpFlagKeySize;
+    return {
+      index: i,
+      cgroupId: dump.keys.readBigUInt64LE(k),
+      ifindex: dump.keys.readUInt32LE(k + 8),
+      direction: directions[dump.keys[k + 12]!] ?? 'ingress',
+      flag: tcpControlFlags[dump.keys[k + 13]!] ?? 'syn',
+      segments: sumPerCpuU64(dump, i, 0, stride, cpus),
+    };
+  };
+}

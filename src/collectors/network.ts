@@ -1,22 +1,31 @@
 // TC network collector: attaches bpf/net.bpf.c to the node's interfaces (and
 // to new ones as they appear), and turns its per-CPU traffic map into bytes
-// and packets per workload, direction and protocol.
+// and packets per workload, direction and protocol; keeps the live 5-tuple
+// flow table (active flows per workload, idle expiry, SYN/FIN/RST counts).
 import path from 'node:path';
-import { bpfObjectDir, isNativeError, type BpfObject, type LinkInfo, type MapDump, type ProgramInfo, type TcAttachment, type TcAttachMode, type TcDirection } from '../bpf/addon.js';
+import { bpfObjectDir, type BpfObject, type LinkInfo, type MapDump, type ProgramInfo, type TcAttachment, type TcAttachMode, type TcDirection } from '../bpf/addon.js';
+import { attributionOf, detachInterface, logAttachFailure, tcDirections, TcAttachModes, workloadBehind, workloadChanges, type PeerWorkload } from './tc-interfaces.js';
 import { ppStatSlots, readPpStat, selectKeys } from '../bpf/maps.js';
 import { describeError } from '../errors.js';
 import { globMatcher } from '../glob.js';
 import { rootCgroup } from '../identity/cgroups.js';
 import { counterFamily, type FamilyDescriptor, type Labels, type MetricFamily, type ScalarSample } from '../metrics/model.js';
-import { CounterSeries, type RetiredTotals } from '../metrics/series.js';
+import { CounterSeries, type RetiredTotals, type SavedFold } from '../metrics/series.js';
 import { mapSliced, TimeSlicer } from '../metrics/slice.js';
-import { ObjectPins } from '../bpf/pins.js';
+import { ObjectPins, type MapPinOutcome, type PinnedMaps } from '../bpf/pins.js';
+import { withCapabilityHint, type Capability } from '../system/capabilities.js';
+
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth, type StopOptions } from './collector.js';
 import { SerialQueue } from './serial.js';
 import type { AgentConfig } from '../config.js';
 import {
   Attribution,
+  connDecoder,
+  connFinished,
   decodeFlows,
+  tcpFlagDecoder,
+  type ConnEntry,
+  type TcpFlagEntry,
   decodeTraffic,
   encodeIfaceConfig,
   encodeIfindex,
@@ -30,34 +39,45 @@ import {
 import { PeerDirectory, peerLabelNames } from './network-peers.js';
 import { removeClsactIfEmpty } from '../cleanup.js';
 
+/** Loading BPF and attaching TC programs. */
+const tcCapabilities: readonly Capability[] = ['CAP_BPF', 'CAP_NET_ADMIN'];
+
 /** Pin name of an interface's TCX link: the index alone could be reused by a new interface. */
 function linkPinName(link: Pick<LinkInfo, 'name' | 'ifindex'>, direction: TcDirection): string {
   return `${link.name}-${link.ifindex}-${direction}`;
 }
 
-/** What the traffic and flow maps have in common. */
-type CountedEntry = Pick<TrafficEntry, 'index' | 'cgroupId' | 'ifindex' | 'bytes' | 'packets'>;
+/** What the traffic, flow and TCP flag maps have in common. */
+type CountedEntry = Pick<TrafficEntry, 'index' | 'cgroupId' | 'ifindex'>;
+
+const countedValues = (entry: Pick<TrafficEntry, 'bytes' | 'packets'>): number[] => [entry.bytes, entry.packets];
+const segmentValues = (entry: TcpFlagEntry): number[] => [entry.segments];
+
+/** One flow of the 5-tuple table as the API shows it. */
+export interface LiveFlow {
+  /** The workload's identity labels. */
+  labels: Labels;
+  entry: ConnEntry;
+  /** Wall-clock ms. */
+  firstSeen: number;
+  lastSeen: number;
+  /** Not idle, and (TCP) not finished by a reset or a FIN each way. */
+  active: boolean;
+}
 
 const programFor: Record<TcDirection, string> = { ingress: 'pp_net_ingress', egress: 'pp_net_egress' };
-const tcDirections: readonly TcDirection[] = ['ingress', 'egress'];
-
-/** errno values that mean "this kernel has no TCX": fall back to clsact. */
-const tcxUnsupported = new Set([22 /* EINVAL */, 95 /* EOPNOTSUPP */, 524 /* ENOTSUPP */]);
 
 /** The state file: retired totals by map, and the clsact qdiscs this agent created (for --cleanup). */
 export interface NetworkState {
   retired: Record<string, RetiredTotals[]>;
+  /** By map name; absent in state files of earlier versions. */
+  folds?: Record<string, SavedFold[]>;
   createdQdiscs: Array<{ ifindex: number; name: string }>;
 }
 
-interface AttachedInterface {
+interface AttachedInterface extends PeerWorkload {
   ifindex: number;
   name: string;
-  attribution: AttributionKind;
-  /** The workload behind a veth; undefined until resolved, or for node interfaces. */
-  workload: string | undefined;
-  /** Peer namespace id (veth) or -1. */
-  peerNetnsId: number;
   attachments: TcAttachment[];
 }
 
@@ -68,6 +88,14 @@ export class NetworkCollector implements Collector {
   private readonly packetsFamily: FamilyDescriptor;
   private readonly flowBytesFamily: FamilyDescriptor;
   private readonly flowPacketsFamily: FamilyDescriptor;
+  private readonly activeFlowsFamily: FamilyDescriptor;
+  private readonly tcpSegmentsFamily: FamilyDescriptor;
+  private readonly podsTrackedFamily: FamilyDescriptor = {
+    name: 'probepilot_pods_tracked',
+    help: 'Workloads (pods) the network collector attributes traffic to: those behind the veths it is attached to.',
+    type: 'gauge',
+    labelNames: [],
+  };
   private readonly interfacesFamily: FamilyDescriptor = {
     name: 'probepilot_network_interfaces_attached',
     help: 'Interfaces the network collector is attached to, by attach mode.',
@@ -84,9 +112,10 @@ export class NetworkCollector implements Collector {
   /** The peer matrix, when enabled. */
   private readonly flows: CounterSeries | undefined;
   private readonly peers: PeerDirectory | undefined;
+  /** SYN/FIN/RST segments, when the flow table is on. */
+  private readonly segments: CounterSeries | undefined;
   private readonly cpus: number;
-  /** Learned in auto mode from the first attach. */
-  private tcxAvailable: boolean | undefined;
+  private readonly modes: TcAttachModes;
   private attachFailures = 0;
   private lastAttachError = '';
   private timer: NodeJS.Timeout | undefined;
@@ -114,7 +143,7 @@ export class NetworkCollector implements Collector {
       type: 'counter',
       labelNames,
     };
-    const { interfaces, flows } = ctx.config.collectors.network;
+    const { interfaces, flows, flowTable } = ctx.config.collectors.network;
     const flowLabelNames = [...ctx.identity.labelNames('pod'), 'direction', ...peerLabelNames(flows.peerLabel)];
     this.flowBytesFamily = {
       name: 'probepilot_network_flow_bytes_total',
@@ -128,7 +157,26 @@ export class NetworkCollector implements Collector {
       type: 'counter',
       labelNames: flowLabelNames,
     };
-    this.families = [this.bytesFamily, this.packetsFamily, ...(flows.enabled ? [this.flowBytesFamily, this.flowPacketsFamily] : []), this.interfacesFamily];
+    this.activeFlowsFamily = {
+      name: 'probepilot_network_active_flows',
+      help: 'Flows (5-tuples) of a workload in the kernel flow table that saw a packet within collectors.network.flowTable.idleSeconds and, for TCP, no reset and not a FIN each way.',
+      type: 'gauge',
+      labelNames: ctx.identity.labelNames('pod'),
+    };
+    this.tcpSegmentsFamily = {
+      name: 'probepilot_network_tcp_segments_total',
+      help: 'TCP segments a workload sent (egress) and received (ingress) carrying SYN, FIN or RST, counted at TC (a SYN-ACK counts as syn).',
+      type: 'counter',
+      labelNames: [...ctx.identity.labelNames('pod'), 'direction', 'flag'],
+    };
+    this.families = [
+      this.bytesFamily,
+      this.packetsFamily,
+      ...(flows.enabled ? [this.flowBytesFamily, this.flowPacketsFamily] : []),
+      ...(flowTable.enabled ? [this.activeFlowsFamily, this.tcpSegmentsFamily] : []),
+      this.podsTrackedFamily,
+      this.interfacesFamily,
+    ];
     this.wanted = globMatcher(interfaces.include, interfaces.exclude);
     this.section = ctx.config.collectors.network;
     const graceMs = ctx.config.seriesGraceSeconds * 1000;
@@ -140,41 +188,51 @@ export class NetworkCollector implements Collector {
       this.flows = new CounterSeries(2, graceMs, { limit: ctx.config.seriesLimit, foldedLabels: [...identityLabels, peerNamespace!, peerName!] });
       this.peers = new PeerDirectory(flows.peerCidrs, flows.peerLabel, flows.maxPeers);
     }
+    if (flowTable.enabled) this.segments = new CounterSeries(1, graceMs, { limit: ctx.config.seriesLimit, foldedLabels: identityLabels });
     this.cpus = ctx.addon.possibleCpus();
     this.log = ctx.log.child({ collector: this.name });
+    this.modes = new TcAttachModes(ctx.config.collectors.network.attachMode, this.log);
     if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, 'net.bpf.o');
   }
 
   async start(): Promise<void> {
     const objectPath = path.join(bpfObjectDir, 'net.bpf.o');
     const object = new this.ctx.addon.BpfObject(objectPath);
-    const { maxEntries, flows } = this.ctx.config.collectors.network;
-    let reused = false;
+    const { maxEntries, flows, flowTable } = this.ctx.config.collectors.network;
+    let pinned: PinnedMaps | undefined;
     try {
       object.setMapMaxEntries('net_traffic', maxEntries);
       object.setConst('flows_enabled', Buffer.from([flows.enabled ? 1 : 0]));
       object.setMapMaxEntries('net_flows', flows.maxEntries);
       object.setMapMaxEntries('net_peer_addresses', flows.maxPeers);
-      reused = this.pins?.pinMaps(object) ?? false;
+      object.setConst('conns_enabled', Buffer.from([flowTable.enabled ? 1 : 0]));
+      object.setMapMaxEntries('net_conns', flowTable.maxEntries);
+      object.setMapMaxEntries('net_tcp_flags', maxEntries);
+      pinned = this.pins?.pinMaps(object);
       object.load();
       this.peers?.installCidrs(object);
     } catch (err) {
       object.close();
-      throw new CollectorUnavailableError(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`);
+      throw new CollectorUnavailableError(withCapabilityHint(`cannot load ${path.basename(objectPath)}: ${describeError(err)}`, err, tcCapabilities));
     }
     this.object = object;
-    this.ownMapIds = new Set(object.maps().filter((m) => !m.internal).map((m) => m.id));
+    // With the earlier run's maps replaced, its clsact filters still use those: they are ours too.
+    this.ownMapIds = new Set([...object.maps().filter((m) => !m.internal).map((m) => m.id), ...(pinned?.replacedIds ?? [])]);
     const saved = this.pins?.readState<NetworkState>();
     for (const { ifindex, name } of saved?.createdQdiscs ?? []) this.createdQdiscs.set(ifindex, name);
-    // The saved final counts belong with the maps they were taken from: fresh maps start every series over.
+    // The saved final counts and folds belong with the map they were taken from: a fresh map starts its series over.
     const now = Date.now();
-    this.totals.restoreRetired(reused ? (saved?.retired.net_traffic ?? []) : [], now);
-    this.flows?.restoreRetired(reused ? (saved?.retired.net_flows ?? []) : [], now);
+    for (const [map, series] of this.seriesByMap()) {
+      if (!pinned?.reused(map)) continue;
+      series.restoreFolds(saved?.folds?.[map] ?? [], now);
+      series.restoreRetired(saved?.retired[map] ?? [], now);
+    }
     await this.queue.run(() => this.rescan());
     // Links left for interfaces that went away while the agent was down.
     this.pins?.removeLinksExcept(new Set([...this.interfaces.values()].flatMap((i) => tcDirections.map((d) => linkPinName(i, d)))));
     if (this.interfaces.size === 0 && this.attachFailures > 0) {
-      await this.stop();
+      // Pins stay: they hold the earlier run's counts, which a later start continues.
+      this.abandonStart(object);
       throw new CollectorUnavailableError(`could not attach to any interface: ${this.lastAttachError}`);
     }
     const intervalMs = this.ctx.config.collectors.network.rescanIntervalSeconds * 1000;
@@ -197,6 +255,7 @@ export class NetworkCollector implements Collector {
       this.interfaces.clear();
       object.close();
       this.object = undefined;
+      await this.pins?.flushState();
       if (keepRunning && this.pins) {
         this.saveState();
         return;
@@ -215,17 +274,51 @@ export class NetworkCollector implements Collector {
     });
   }
 
-  private saveState(): void {
-    if (!this.pins) return;
-    const state: NetworkState = {
-      retired: { net_traffic: this.totals.retiredTotals(), net_flows: this.flows?.retiredTotals() ?? [] },
+  /** A start that failed half-way (no interface could be attached): the attached ones are detached (none normally), the maps stay pinned. */
+  private abandonStart(object: BpfObject): void {
+    for (const iface of this.interfaces.values()) this.detach(object, iface);
+    this.interfaces.clear();
+    object.close();
+    this.object = undefined;
+  }
+
+  /** The series fed by each counted map, by map name. */
+  private seriesByMap(): Array<[string, CounterSeries]> {
+    return [['net_traffic', this.totals], ...(this.flows ? [['net_flows', this.flows] as [string, CounterSeries]] : []), ...(this.segments ? [['net_tcp_flags', this.segments] as [string, CounterSeries]] : [])];
+  }
+
+  private foldedSeries(): number {
+    return this.seriesByMap().reduce((n, [, series]) => n + series.foldedSeries, 0);
+  }
+
+  pinnedMaps(): ReadonlyMap<string, MapPinOutcome> {
+    return this.pins?.mapOutcomes() ?? new Map();
+  }
+
+  private state(): NetworkState {
+    const byMap = this.seriesByMap();
+    return {
+      retired: Object.fromEntries(byMap.map(([map, series]) => [map, series.retiredTotals()])),
+      folds: Object.fromEntries(byMap.map(([map, series]) => [map, series.savedFolds()])),
       createdQdiscs: [...this.createdQdiscs].map(([ifindex, name]) => ({ ifindex, name })),
     };
+  }
+
+  private saveState(): void {
+    if (!this.pins) return;
     try {
-      this.pins.writeState(state);
+      this.pins.writeState(this.state());
     } catch (err) {
       this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them');
     }
+  }
+
+  /** saveState off the collection path, coalesced: retiring churn writes the newest state, not one file per collection. */
+  private saveStateSoon(): void {
+    this.pins?.saveStateSoon(
+      () => this.state(),
+      (err) => this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them'),
+    );
   }
 
   programs(): ProgramInfo[] {
@@ -265,19 +358,29 @@ export class NetworkCollector implements Collector {
       const object = this.requireObject();
       const now = Date.now();
       const slicer = new TimeSlicer();
+      const foldedBefore = this.foldedSeries();
       this.totals.beginCollection();
       this.flows?.beginCollection();
+      this.segments?.beginCollection();
       const traffic = await object.readMap('net_traffic');
       const trafficEntries = await mapSliced(traffic.count, trafficDecoder(traffic, this.cpus), slicer);
-      const goneCgroups = await this.fold(object, 'net_traffic', this.totals, traffic, trafficEntries, (e) => this.trafficLabels(e), now, false, slicer);
+      const goneCgroups = await this.fold(object, 'net_traffic', this.totals, traffic, trafficEntries, (e) => this.trafficLabels(e), countedValues, now, false, slicer);
       if (this.flows && this.peers) {
         const flows = await object.readMap('net_flows');
         const peers = this.peers;
         const flowEntries = await mapSliced(flows.count, flowDecoder(flows, this.cpus), slicer);
-        for (const id of await this.fold(object, 'net_flows', this.flows, flows, flowEntries, (e) => this.flowLabels(peers, e), now, false, slicer)) goneCgroups.add(id);
+        for (const id of await this.fold(object, 'net_flows', this.flows, flows, flowEntries, (e) => this.flowLabels(peers, e), countedValues, now, false, slicer)) goneCgroups.add(id);
         peers.forgetDeparted();
       }
+      if (this.segments) {
+        const flags = await object.readMap('net_tcp_flags');
+        const flagEntries = await mapSliced(flags.count, tcpFlagDecoder(flags, this.cpus), slicer);
+        for (const id of await this.fold(object, 'net_tcp_flags', this.segments, flags, flagEntries, (e) => this.segmentLabels(e), segmentValues, now, false, slicer)) goneCgroups.add(id);
+      }
+      const active = this.segments ? await this.expireFlows(object, slicer) : undefined;
       for (const id of goneCgroups) this.ctx.identity.cgroups.forget(id);
+      // A restart must find new folds (their kernel entries keep counting into the overflow series).
+      if (this.foldedSeries() !== foldedBefore) this.saveStateSoon();
 
       const families: MetricFamily[] = [];
       let packetsTotal = 0;
@@ -295,6 +398,14 @@ export class NetworkCollector implements Collector {
         }
         families.push(counterFamily(bytesFamily, bytes), counterFamily(packetsFamily, packets));
       }
+      if (this.segments && active) {
+        const segments: ScalarSample[] = [];
+        for (const { labels, values } of this.segments.finishCollection(now)) segments.push({ labels, value: values[0]! });
+        families.push(counterFamily(this.tcpSegmentsFamily, segments));
+        families.push(counterFamily(this.activeFlowsFamily, [...active.values()]));
+      }
+      const tracked = new Set([...this.interfaces.values()].flatMap((i) => (i.attribution === Attribution.peerWorkload && i.workload !== undefined ? [i.workload] : [])));
+      families.push(counterFamily(this.podsTrackedFamily, [{ labels: {}, value: tracked.size }]));
       this.lastHealth = {
         eventsProcessed: packetsTotal,
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
@@ -302,6 +413,7 @@ export class NetworkCollector implements Collector {
           [this.bytesFamily.name]: this.totals.foldedSeries,
           [this.packetsFamily.name]: this.totals.foldedSeries,
           ...(this.flows ? { [this.flowBytesFamily.name]: this.flows.foldedSeries, [this.flowPacketsFamily.name]: this.flows.foldedSeries } : {}),
+          ...(this.segments ? { [this.tcpSegmentsFamily.name]: this.segments.foldedSeries } : {}),
         },
       };
       const byMode = new Map<string, number>([['tcx', 0], ['clsact', 0]]);
@@ -328,6 +440,60 @@ export class NetworkCollector implements Collector {
     return { labels: { ...this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod'), direction: entry.direction, protocol: entry.protocol }, current: true };
   }
 
+  private segmentLabels(entry: TcpFlagEntry): { labels: Labels; current: boolean } {
+    return { labels: { ...this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod'), direction: entry.direction, flag: entry.flag }, current: true };
+  }
+
+  /**
+   * Reads the 5-tuple table: flows idle for flowTable.idleSeconds, and those
+   * of interfaces no longer attached, leave the kernel map; the rest are
+   * returned with their workload. The LRU makes room by itself when full;
+   * expiry keeps "active" meaning recent.
+   */
+  private async readFlowTable(object: BpfObject, slicer: TimeSlicer): Promise<LiveFlow[]> {
+    const dump = await object.readMap('net_conns');
+    const decode = connDecoder(dump);
+    const idleNs = BigInt(Math.round(this.section.flowTable.idleSeconds * 1e9));
+    // bpf_ktime_get_ns is CLOCK_MONOTONIC, as process.hrtime is.
+    const monoNow = process.hrtime.bigint();
+    const wallNow = Date.now();
+    const wall = (ns: bigint) => wallNow - Number(monoNow - ns) / 1e6;
+    const { cgroups } = this.ctx.identity;
+    const expired: number[] = [];
+    const live: LiveFlow[] = [];
+    for (let i = 0; i < dump.count; i++) {
+      if (slicer.due()) await slicer.yield();
+      const entry = decode(i);
+      const idle = monoNow - entry.lastSeenNs > idleNs;
+      const orphaned = (entry.ifindex !== 0 && !this.interfaces.has(entry.ifindex)) || (entry.cgroupId !== 0n && cgroups.isGone(entry.cgroupId));
+      if (idle || orphaned) {
+        expired.push(i);
+        continue;
+      }
+      const labels = this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod');
+      live.push({ labels, entry, firstSeen: wall(entry.firstSeenNs), lastSeen: wall(entry.lastSeenNs), active: !connFinished(entry) });
+    }
+    if (expired.length) object.deleteKeys('net_conns', selectKeys(dump, expired));
+    return live;
+  }
+
+  /** Active flows per workload, after expiry. */
+  private async expireFlows(object: BpfObject, slicer: TimeSlicer): Promise<Map<string, ScalarSample>> {
+    const active = new Map<string, ScalarSample>();
+    for (const flow of await this.readFlowTable(object, slicer)) {
+      const key = Object.values(flow.labels).join('\0');
+      const sample = active.get(key) ?? { labels: flow.labels, value: 0 };
+      if (flow.active) sample.value += 1;
+      active.set(key, sample);
+    }
+    return active;
+  }
+
+  /** The live 5-tuple table, for the flows API (view=5tuple); empty when the table is off. */
+  flowTable(): Promise<LiveFlow[]> {
+    return this.queue.run(async () => (this.segments ? this.readFlowTable(this.requireObject(), new TimeSlicer()) : []));
+  }
+
   private flowLabels(peers: PeerDirectory, entry: FlowEntry): { labels: Labels; current: boolean } {
     const peer = peers.labelsOf(entry.peerClass, entry.peerAddress);
     return { labels: { ...this.ctx.identity.labelsFor(this.workloadOf(entry), 'pod'), direction: entry.direction, ...peer.labels }, current: peer.current };
@@ -348,6 +514,7 @@ export class NetworkCollector implements Collector {
     dump: MapDump,
     entries: readonly E[],
     labelsOf: (entry: E) => { labels: Labels; current: boolean },
+    valuesOf: (entry: E) => number[],
     now: number,
     retireAll: boolean,
     slicer: TimeSlicer,
@@ -361,7 +528,7 @@ export class NetworkCollector implements Collector {
       // Series are their label sets: entries that name the same workload and peer add up.
       const key = Object.values(labels).join('\0');
       const entryId = dump.keys.toString('hex', entry.index * dump.keySize, (entry.index + 1) * dump.keySize);
-      const values = [entry.bytes, entry.packets];
+      const values = valuesOf(entry);
       const cgroupGone = entry.cgroupId !== 0n && cgroups.isGone(entry.cgroupId);
       if (cgroupGone) gone.add(entry.cgroupId);
       if (retireAll || cgroupGone || !current) {
@@ -374,7 +541,7 @@ export class NetworkCollector implements Collector {
     if (deleted.length) {
       object.deleteKeys(map, selectKeys(dump, deleted));
       // Right after the kernel entries went: their final counts live only here now.
-      this.saveState();
+      this.saveStateSoon();
     }
     return gone;
   }
@@ -385,11 +552,17 @@ export class NetworkCollector implements Collector {
     const slicer = new TimeSlicer();
     const traffic = await object.readMap('net_traffic');
     const ofInterface = <E extends CountedEntry>(entries: E[]) => entries.filter((e) => e.ifindex === ifindex);
-    await this.fold(object, 'net_traffic', this.totals, traffic, ofInterface(decodeTraffic(traffic, this.cpus)), (e) => this.trafficLabels(e), now, true, slicer);
+    await this.fold(object, 'net_traffic', this.totals, traffic, ofInterface(decodeTraffic(traffic, this.cpus)), (e) => this.trafficLabels(e), countedValues, now, true, slicer);
     if (this.flows && this.peers) {
       const flows = await object.readMap('net_flows');
       const peers = this.peers;
-      await this.fold(object, 'net_flows', this.flows, flows, ofInterface(decodeFlows(flows, this.cpus)), (e) => this.flowLabels(peers, e), now, true, slicer);
+      await this.fold(object, 'net_flows', this.flows, flows, ofInterface(decodeFlows(flows, this.cpus)), (e) => this.flowLabels(peers, e), countedValues, now, true, slicer);
+    }
+    if (this.segments) {
+      const flags = await object.readMap('net_tcp_flags');
+      const decode = tcpFlagDecoder(flags, this.cpus);
+      const entries = ofInterface(Array.from({ length: flags.count }, (_, i) => decode(i)));
+      await this.fold(object, 'net_tcp_flags', this.segments, flags, entries, (e) => this.segmentLabels(e), segmentValues, now, true, slicer);
     }
   }
 
@@ -424,30 +597,20 @@ export class NetworkCollector implements Collector {
     for (const link of links) {
       if (!this.interfaces.has(link.ifindex) && this.wanted(link.name)) this.attach(object, link);
     }
-    await this.resolvePendingWorkloads(object);
-  }
-
-  private attributionOf(link: LinkInfo): AttributionKind {
-    return link.kind === 'veth' && link.linkNetnsId >= 0 ? Attribution.peerWorkload : Attribution.socket;
+    await this.resolveWorkloads(object);
   }
 
   private configure(object: BpfObject, link: LinkInfo): void {
-    object.update('net_ifaces', encodeIfindex(link.ifindex), encodeIfaceConfig(this.attributionOf(link), l3OffsetFor(link.hwType)));
-  }
-
-  private workloadBehind(link: LinkInfo): string | undefined {
-    if (this.attributionOf(link) !== Attribution.peerWorkload) return undefined;
-    const { netns } = this.ctx.identity;
-    return (netns.resolve(link.linkNetnsId) ?? (netns.refresh(true), netns.resolve(link.linkNetnsId)))?.cgroupPath;
+    object.update('net_ifaces', encodeIfindex(link.ifindex), encodeIfaceConfig(attributionOf(link), l3OffsetFor(link.hwType)));
   }
 
   /** Counts so far stay with the old attribution; new ones follow the interface's new peer. */
   private async reattribute(object: BpfObject, iface: AttachedInterface, link: LinkInfo): Promise<void> {
     await this.retireInterface(object, iface.ifindex);
     this.configure(object, link);
-    iface.attribution = this.attributionOf(link);
+    iface.attribution = attributionOf(link);
     iface.peerNetnsId = link.linkNetnsId;
-    iface.workload = this.workloadBehind(link);
+    Object.assign(iface, workloadBehind(this.ctx.identity.netns, link, Date.now()));
     this.log.info({ interface: iface.name, peerNetnsId: link.linkNetnsId, workload: iface.workload ?? null }, 'interface peer moved; attribution updated');
   }
 
@@ -456,8 +619,8 @@ export class NetworkCollector implements Collector {
     const iface: AttachedInterface = {
       ifindex: link.ifindex,
       name: link.name,
-      attribution: this.attributionOf(link),
-      workload: this.workloadBehind(link),
+      attribution: attributionOf(link),
+      ...workloadBehind(this.ctx.identity.netns, link, Date.now()),
       peerNetnsId: link.linkNetnsId,
       attachments: [],
     };
@@ -467,10 +630,8 @@ export class NetworkCollector implements Collector {
       this.detach(object, iface);
       object.deleteKeys('net_ifaces', encodeIfindex(link.ifindex));
       this.attachFailures++;
-      this.lastAttachError = `${link.name}: ${describeError(err)}`;
-      // An interface that vanished between listing and attaching is not worth a warning.
-      const level = isNativeError(err) && err.errno === 19 /* ENODEV */ ? 'debug' : 'warn';
-      this.log[level]({ interface: link.name, ifindex: link.ifindex, err: describeError(err) }, 'cannot attach to interface');
+      this.lastAttachError = withCapabilityHint(`${link.name}: ${describeError(err)}`, err, tcCapabilities);
+      logAttachFailure(this.log, link, err);
       return;
     }
     this.interfaces.set(link.ifindex, iface);
@@ -480,20 +641,9 @@ export class NetworkCollector implements Collector {
   }
 
   private attachTc(object: BpfObject, link: LinkInfo, direction: TcDirection): TcAttachment {
-    const setting = this.ctx.config.collectors.network.attachMode;
-    const mode: TcAttachMode = setting === 'auto' ? (this.tcxAvailable === false ? 'clsact' : 'tcx') : setting;
-    const adopted = this.adoptEarlier(object, link, direction, mode);
+    const adopted = this.adoptEarlier(object, link, direction, this.modes.first());
     if (adopted) return adopted;
-    let attachment: TcAttachment;
-    try {
-      attachment = object.attachTc(programFor[direction], link.ifindex, direction, mode);
-      if (setting === 'auto') this.tcxAvailable ??= mode === 'tcx';
-    } catch (err) {
-      if (setting !== 'auto' || mode !== 'tcx' || !isNativeError(err) || !tcxUnsupported.has(err.errno)) throw err;
-      this.tcxAvailable = false;
-      this.log.info({ err: describeError(err) }, 'TCX is not available, using clsact');
-      attachment = object.attachTc(programFor[direction], link.ifindex, direction, 'clsact');
-    }
+    const attachment = this.modes.attach(object, programFor[direction], link.ifindex, direction);
     if (attachment.createdQdisc) this.createdQdiscs.set(link.ifindex, link.name);
     // TCX links outlive us through their pin; clsact filters need none (the qdisc holds them) and are found again by their maps.
     if (attachment.mode === 'tcx' && this.pins) object.pinAttachment(attachment.id, this.pins.linkPath(linkPinName(link, direction)));
@@ -540,25 +690,19 @@ export class NetworkCollector implements Collector {
   }
 
   private detach(object: BpfObject, iface: AttachedInterface): void {
-    for (const attachment of iface.attachments) {
-      try {
-        object.detach(attachment.id);
-      } catch (err) {
-        this.log.warn({ interface: iface.name, err: describeError(err) }, 'detach failed');
-      }
-    }
-    iface.attachments = [];
+    detachInterface(object, iface, this.log);
   }
 
-  /** A veth whose namespace had no process yet: once it has one, earlier counts stay with the node (root) and new ones go to the workload. */
-  private async resolvePendingWorkloads(object: BpfObject): Promise<void> {
-    for (const iface of this.interfaces.values()) {
-      if (iface.attribution !== Attribution.peerWorkload || iface.workload !== undefined) continue;
-      const workload = this.ctx.identity.netns.resolve(iface.peerNetnsId)?.cgroupPath;
-      if (workload === undefined) continue;
+  /**
+   * A veth whose namespace had no process yet, or whose first answer named a
+   * visitor: earlier counts stay with what it was attributed to (the node's
+   * root when unknown) and new ones go to the workload found now.
+   */
+  private async resolveWorkloads(object: BpfObject): Promise<void> {
+    for (const { iface, workload } of workloadChanges(this.ctx.identity.netns, this.interfaces.values(), Date.now())) {
       await this.retireInterface(object, iface.ifindex);
+      this.log.info({ interface: iface.name, workload, previous: iface.workload ?? null }, 'resolved workload behind interface');
       iface.workload = workload;
-      this.log.info({ interface: iface.name, workload }, 'resolved workload behind interface');
     }
   }
 }

@@ -1,5 +1,5 @@
-// TCP collector: connection life cycle, connect latency, smoothed RTT,
-// retransmits and resets per workload (bpf/tcp.bpf.c), attributed to the
+// TCP collector: connection life cycle (outcomes, durations), connect
+// latency, smoothed RTT, retransmits and resets per workload (bpf/tcp.bpf.c), attributed to the
 // socket's own cgroup.
 import { histogramSize } from '../metrics/histogram.js';
 import type { Collector, CollectorContext } from './collector.js';
@@ -15,10 +15,14 @@ const valueLayout = {
   resetsReceived: 40,
   connectLatency: 48,
   rtt: 48 + histogramSize,
+  refused: 48 + 2 * histogramSize,
+  timedOut: 56 + 2 * histogramSize,
+  reset: 64 + 2 * histogramSize,
+  duration: 72 + 2 * histogramSize,
 } as const;
 
 export function tcpCollector(ctx: CollectorContext): Collector {
-  const { maxEntries, maxConnecting } = ctx.config.collectors.tcp;
+  const { maxEntries, maxConnecting, maxEstablished } = ctx.config.collectors.tcp;
   return new TracepointCollector(
     {
       name: 'tcp',
@@ -41,8 +45,11 @@ export function tcpCollector(ctx: CollectorContext): Collector {
             valueLayout.retransmits,
             valueLayout.resetsSent,
             valueLayout.resetsReceived,
+            valueLayout.refused,
+            valueLayout.timedOut,
+            valueLayout.reset,
           ],
-          histograms: [valueLayout.connectLatency, valueLayout.rtt],
+          histograms: [valueLayout.connectLatency, valueLayout.rtt, valueLayout.duration],
           families: [
             {
               descriptor: {
@@ -92,12 +99,35 @@ export function tcpCollector(ctx: CollectorContext): Collector {
               },
               histogram: 1,
             },
+            {
+              descriptor: {
+                name: 'probepilot_tcp_connections_total',
+                help: 'How a workload\'s TCP connections went: established (handshake completed, either side), refused (its SYN answered by a reset), timeout (its connect closed without an answer), reset (an established connection ended by a reset, sent or received).',
+                type: 'counter',
+                labelNames: ['outcome'],
+              },
+              split: [
+                { labels: { outcome: 'established' }, value: ([client, server]) => client! + server! },
+                { labels: { outcome: 'refused' }, value: (fields) => fields[6]! },
+                { labels: { outcome: 'timeout' }, value: (fields) => fields[7]! },
+                { labels: { outcome: 'reset' }, value: (fields) => fields[8]! },
+              ],
+            },
+            {
+              descriptor: {
+                name: 'probepilot_tcp_connection_duration_seconds',
+                help: 'How long a workload\'s TCP connections lived, from ESTABLISHED to CLOSE (log2 buckets measured in the kernel).',
+                type: 'histogram',
+              },
+              histogram: 2,
+            },
           ],
         },
       ],
       beforeLoad: (object) => {
         object.setMapMaxEntries('tcp_stats', maxEntries);
         object.setMapMaxEntries('tcp_connecting', maxConnecting);
+        object.setMapMaxEntries('tcp_established', maxEstablished);
       },
       eventsProcessed: (families) =>
         ['probepilot_tcp_connections_opened_total', 'probepilot_tcp_retransmits_total', 'probepilot_tcp_resets_total'].reduce(

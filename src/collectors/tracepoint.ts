@@ -11,15 +11,22 @@ import { rootCgroup } from '../identity/cgroups.js';
 import type { IdentityScope } from '../identity/identity.js';
 import { histogramSample, histogramSlots } from '../metrics/histogram.js';
 import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily, ScalarSample } from '../metrics/model.js';
-import { CounterSeries, type RetiredTotals } from '../metrics/series.js';
+import { CounterSeries, type RetiredTotals, type SavedFold } from '../metrics/series.js';
 import { TimeSlicer } from '../metrics/slice.js';
-import { ObjectPins } from '../bpf/pins.js';
+import { ObjectPins, type MapPinOutcome, type PinnedMaps } from '../bpf/pins.js';
 import { CollectorUnavailableError, type Collector, type CollectorContext, type CollectorHealth, type StopOptions } from './collector.js';
 import { SerialQueue } from './serial.js';
+import { withCapabilityHint, type Capability } from '../system/capabilities.js';
+import { tracefsMounted } from '../system/mounts.js';
+
+/** Loading BPF and attaching tracing programs. */
+const tracingCapabilities: readonly Capability[] = ['CAP_BPF', 'CAP_PERFMON'];
 
 export type AttachPoint =
   | { program: string; tracepoint: `${string}:${string}`; optional?: boolean }
-  | { program: string; rawTracepoint: string; optional?: boolean };
+  | { program: string; rawTracepoint: string; optional?: boolean }
+  /** Attached as its SEC() name says (fentry/, kprobe/, tp_btf/, …): for objects the agent does not write (custom probes). */
+  | { program: string; auto: true; optional?: boolean };
 
 type ScalarDescriptor = FamilyDescriptor & { type: 'counter' | 'gauge' };
 type HistogramDescriptor = FamilyDescriptor & { type: 'histogram' };
@@ -59,6 +66,8 @@ export interface KeyWorkloadResolver {
 
 export interface MapView {
   map: string;
+  /** Byte offset of the u64 cgroup id in the key (default 0); null: keys name no workload, every entry is the node's. */
+  cgroupOffset?: number | null;
   /** Key bytes after the u64 cgroup id, as labels (e.g. the syscall name); undefined skips the entry. */
   keyLabels?: (key: Buffer) => Labels | undefined;
   /** Resolves keys whose cgroup id is 0; without it they belong to the node. */
@@ -72,17 +81,32 @@ export interface MapView {
 
 export interface TracepointCollectorSpec {
   name: string;
-  /** File name under build/bpf/. */
+  /** File name under build/bpf/, or an absolute path. */
   object: string;
   scope: IdentityScope;
   attach: readonly AttachPoint[];
   views: readonly MapView[];
   /** Map sizes, .rodata settings: before load. */
   beforeLoad?: (object: BpfObject) => void;
+  /** Checks of the loaded object (e.g. a custom probe's map layouts against its spec); a throw makes the collector unavailable. */
+  afterLoad?: (object: BpfObject) => void;
+  /** Names its pin directory and state file (default: the object's file name, which must then be under build/bpf/). */
+  pinName?: string;
   /** Configuration that gives the map keys their meaning (e.g. the syscall of each slot): maps pinned under another are re-created. */
   pinLayout?: string;
   /** What the collector's events are, read from its series as of the last collection. */
   eventsProcessed?: (families: readonly MetricFamily[]) => number;
+  /** Hooks other than tracepoints (TC on the node's interfaces), owned by the spec. */
+  hooks?: SpecHooks;
+}
+
+export interface SpecHooks {
+  /** After load and the tracepoints; a throw makes the collector unavailable with its message. */
+  attach(object: BpfObject): Promise<void>;
+  /** Before close; detaches whatever attach() attached. */
+  detach(object: BpfObject): void;
+  /** Inside the collection, before the maps are read (e.g. to move expired entries into a counted map). */
+  beforeCollect?(object: BpfObject): Promise<void>;
 }
 
 interface ViewState {
@@ -100,6 +124,8 @@ const noLabels: Labels = Object.freeze({});
 /** The state file: retired totals per view, by map name. */
 interface TracepointState {
   retired: Record<string, RetiredTotals[]>;
+  /** By map name; absent in state files of earlier versions. */
+  folds?: Record<string, SavedFold[]>;
 }
 
 export class TracepointCollector implements Collector {
@@ -142,28 +168,34 @@ export class TracepointCollector implements Collector {
       };
     });
     this.families = this.views.flatMap((v) => v.families.map((f) => f.descriptor));
-    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, spec.object, spec.pinLayout);
+    if (ctx.config.pins.enabled) this.pins = new ObjectPins(ctx.addon, this.log, ctx.config.pins, spec.pinName ?? spec.object, spec.pinLayout);
   }
 
   async start(): Promise<void> {
-    const objectPath = path.join(bpfObjectDir, this.spec.object);
+    const objectPath = path.resolve(bpfObjectDir, this.spec.object);
     const object = new this.ctx.addon.BpfObject(objectPath);
-    let reused = false;
+    let pinned: PinnedMaps | undefined;
     try {
       this.spec.beforeLoad?.(object);
-      reused = this.pins?.pinMaps(object) ?? false;
+      pinned = this.pins?.pinMaps(object);
       object.load();
+      this.spec.afterLoad?.(object);
     } catch (err) {
       object.close();
-      throw new CollectorUnavailableError(`cannot load ${this.spec.object}: ${describeError(err)}`);
+      throw new CollectorUnavailableError(withCapabilityHint(`cannot load ${this.spec.object}: ${describeError(err)}`, err, tracingCapabilities));
     }
     this.object = object;
-    // The saved final counts belong with the maps they were taken from: fresh maps start every series over.
-    const saved = reused ? this.pins?.readState<TracepointState>() : undefined;
-    for (const state of this.views) state.series.restoreRetired(saved?.retired[state.view.map] ?? [], Date.now());
+    // The saved final counts and folds belong with the map they were taken from: a fresh map starts its series over.
+    const saved = pinned ? this.pins?.readState<TracepointState>() : undefined;
+    const now = Date.now();
+    for (const { view, series } of this.views) {
+      if (!pinned?.reused(view.map)) continue;
+      series.restoreFolds(saved?.folds?.[view.map] ?? [], now);
+      series.restoreRetired(saved?.retired[view.map] ?? [], now);
+    }
     this.mapInfo = new Map(object.maps().map((m) => [m.name, m]));
     for (const point of this.spec.attach) {
-      const what = 'tracepoint' in point ? `tracepoint ${point.tracepoint}` : `raw tracepoint ${point.rawTracepoint}`;
+      const what = 'tracepoint' in point ? `tracepoint ${point.tracepoint}` : 'rawTracepoint' in point ? `raw tracepoint ${point.rawTracepoint}` : `program ${point.program} (by its section name)`;
       try {
         this.attachments.push(this.attachOne(object, point));
       } catch (err) {
@@ -171,15 +203,24 @@ export class TracepointCollector implements Collector {
           this.log.warn({ program: point.program, reason: `${what}: ${describeError(err)}` }, 'optional hook unavailable; the rest of the collector runs');
           continue;
         }
-        await this.stop();
-        throw new CollectorUnavailableError(`cannot attach ${what}: ${describeError(err)}`);
+        this.detachAll(object, false);
+        // A tracepoint's id is read from tracefs: without it the error is a bare ENOENT.
+        const noTracefs = 'tracepoint' in point && tracefsMounted() === undefined ? ' (tracefs is not mounted at /sys/kernel/tracing or /sys/kernel/debug/tracing)' : '';
+        throw new CollectorUnavailableError(withCapabilityHint(`cannot attach ${what}: ${describeError(err)}${noTracefs}`, err, tracingCapabilities));
       }
+    }
+    try {
+      await this.spec.hooks?.attach(object);
+    } catch (err) {
+      this.detachAll(object, false);
+      throw err instanceof CollectorUnavailableError ? err : new CollectorUnavailableError(describeError(err));
     }
   }
 
   private attachOne(object: BpfObject, point: AttachPoint): number {
     const attach = (): number => {
       if ('rawTracepoint' in point) return object.attachRawTracepoint(point.program, point.rawTracepoint);
+      if ('auto' in point) return object.attachAuto(point.program);
       const [category, name] = point.tracepoint.split(':') as [string, string];
       return object.attachTracepoint(point.program, category, name);
     };
@@ -191,30 +232,64 @@ export class TracepointCollector implements Collector {
       const object = this.object;
       if (!object) return;
       const pins = this.pins;
-      for (const id of this.attachments) {
-        try {
-          if (keepRunning && pins) object.release(id);
-          else object.detach(id);
-        } catch (err) {
-          this.log.warn({ err: describeError(err) }, 'detach failed');
-        }
-      }
-      this.attachments = [];
-      object.close();
-      this.object = undefined;
+      this.detachAll(object, keepRunning && pins !== undefined);
+      await pins?.flushState();
       if (keepRunning) this.saveState();
       else pins?.remove();
     });
   }
 
+  /**
+   * release: leave the programs attached through their pins for the next run.
+   * A start that failed half-way detaches what it attached but keeps the
+   * pinned maps and saved state: they hold the earlier run's counts, which a
+   * later start (another kernel, capability or configuration) continues.
+   */
+  private detachAll(object: BpfObject, release: boolean): void {
+    for (const id of this.attachments) {
+      try {
+        if (release) object.release(id);
+        else object.detach(id);
+      } catch (err) {
+        this.log.warn({ err: describeError(err) }, 'detach failed');
+      }
+    }
+    this.attachments = [];
+    this.spec.hooks?.detach(object);
+    object.close();
+    this.object = undefined;
+  }
+
+  pinnedMaps(): ReadonlyMap<string, MapPinOutcome> {
+    return this.pins?.mapOutcomes() ?? new Map();
+  }
+
+  private state(): TracepointState {
+    return {
+      retired: Object.fromEntries(this.views.map((v) => [v.view.map, v.series.retiredTotals()])),
+      folds: Object.fromEntries(this.views.map((v) => [v.view.map, v.series.savedFolds()])),
+    };
+  }
+
   private saveState(): void {
     if (!this.pins) return;
-    const state: TracepointState = { retired: Object.fromEntries(this.views.map((v) => [v.view.map, v.series.retiredTotals()])) };
     try {
-      this.pins.writeState(state);
+      this.pins.writeState(this.state());
     } catch (err) {
       this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them');
     }
+  }
+
+  /** saveState off the collection path, coalesced: retiring churn writes the newest state, not one file per collection. */
+  private saveStateSoon(): void {
+    this.pins?.saveStateSoon(
+      () => this.state(),
+      (err) => this.log.warn({ err: describeError(err) }, 'cannot save the final counts of retired entries; a restart would lose them'),
+    );
+  }
+
+  private foldedSeries(): number {
+    return this.views.reduce((n, v) => n + v.series.foldedSeries, 0);
   }
 
   programs(): ProgramInfo[] {
@@ -229,18 +304,20 @@ export class TracepointCollector implements Collector {
     return this.queue.run(async () => {
       const object = this.object;
       if (!object) throw new Error(`${this.name} collector is not started`);
+      await this.spec.hooks?.beforeCollect?.(object);
       const now = Date.now();
       const dumps = await Promise.all(this.views.map((v) => object.readMap(v.view.map)));
       const out: MetricFamily[] = [];
       const slicer = new TimeSlicer();
+      const foldedBefore = this.foldedSeries();
       let retiredAny = false;
       for (const [i, state] of this.views.entries()) {
         const { families, retired } = await this.collectView(object, state, dumps[i]!, now, slicer);
         out.push(...families);
         retiredAny ||= retired;
       }
-      // Right after the kernel entries went: their final counts live only here now.
-      if (retiredAny) this.saveState();
+      // Right after the kernel entries went: their final counts live only here now. New folds too, for a restart.
+      if (retiredAny || this.foldedSeries() !== foldedBefore) this.saveStateSoon();
       this.lastHealth = {
         ...(this.spec.eventsProcessed ? { eventsProcessed: this.spec.eventsProcessed(out) } : {}),
         eventsDropped: { map_full: readPpStat(object, ppStatSlots.droppedMapFull, this.cpus) },
@@ -261,11 +338,12 @@ export class TracepointCollector implements Collector {
     const retired: number[] = [];
     const goneIds = new Set<bigint>();
     const goneKeys: Buffer[] = [];
+    const cgroupOffset = view.cgroupOffset === undefined ? 0 : view.cgroupOffset;
     series.beginCollection();
     for (let i = 0; i < dump.count; i++) {
       if (slicer.due()) await slicer.yield();
       const keyBytes = dump.keys.subarray(i * dump.keySize, (i + 1) * dump.keySize);
-      const cgroupId = keyBytes.readBigUInt64LE(0);
+      const cgroupId = cgroupOffset === null ? 0n : keyBytes.readBigUInt64LE(cgroupOffset);
       const keyLabels = view.keyLabels ? view.keyLabels(keyBytes) : {};
       if (!keyLabels) continue;
       let isGone: boolean;

@@ -17,10 +17,12 @@ import type { Logger } from '../log.js';
 import { rootCgroup } from '../identity/cgroups.js';
 import type { Identity } from '../identity/identity.js';
 import type { FamilyDescriptor, Labels, MetricFamily } from '../metrics/model.js';
-import { currentSyscallArch, syscallNamesByNumber, syscallNrMax, syscallNumbers, trackableSyscalls } from '../collectors/syscall-table.js';
+import { currentSyscallArch, syscallNamesByNumber, syscallNrMax, syscallNumbers, trackableSyscalls, type SyscallArch } from '../collectors/syscall-table.js';
+import { decodeClassEntries, formatSyscallArgs } from './syscall-args.js';
 import { SerialQueue } from '../collectors/serial.js';
-import type { TraceEvent, TraceKind } from '../api/events.js';
-import { decodeRecord, eventKinds, splitBatch, tcpStateNames, type EventRecord } from './records.js';
+import type { SecurityTraceEvent, TraceEvent, TraceKind } from '../api/events.js';
+import { decodeRecord, eventKinds, securityOps, splitBatch, tcpStateNames, type EventRecord, type SecurityOp } from './records.js';
+import { securityScope, securityScoped } from './scope.js';
 
 export interface TraceFilter {
   kind: TraceKind;
@@ -30,10 +32,15 @@ export interface TraceFilter {
   pod?: string;
   /** kind syscall: only these syscalls, by name. */
   syscalls?: readonly string[];
+  /** kind security: only these kinds of security events (exec, connect, …). */
+  kinds?: readonly SecurityOp[];
 }
 
-/** A subscriber gets an event and says whether it could take it (false: its transport is behind; counted as lost). */
-export type TraceListener = (event: TraceEvent) => boolean;
+/** A subscriber gets an event (and the kernel's id of its cgroup) and says whether it could take it (false: its transport is behind; counted as lost). */
+export type TraceListener = (event: TraceEvent, cgroupId: bigint) => boolean;
+
+/** Called when the trace can deliver no more events (its reader stopped): the transport ends its stream with the error. */
+export type TraceFailure = (err: Error) => void;
 
 /** The subscription cannot be opened: too many at once, a bad filter, or the kernel refused the programs. */
 export class TraceRefusedError extends Error {
@@ -51,9 +58,11 @@ interface Subscriber {
   /** kind syscall with a syscall filter: the numbers. */
   syscallNrs?: ReadonlySet<number>;
   listener: TraceListener;
+  fail: TraceFailure;
 }
 
-const attachPoints: Readonly<Record<TraceKind, ReadonlyArray<{ program: string; category: string; name: string }>>> = {
+/** optional: a kernel without this tracepoint (e.g. no module support) runs the kind without it. */
+const attachPoints: Readonly<Record<TraceKind, ReadonlyArray<{ program: string; category: string; name: string; optional?: true }>>> = {
   syscall: [
     { program: 'pp_trace_sys_enter', category: 'raw_syscalls', name: 'sys_enter' },
     { program: 'pp_trace_sys_exit', category: 'raw_syscalls', name: 'sys_exit' },
@@ -63,10 +72,37 @@ const attachPoints: Readonly<Record<TraceKind, ReadonlyArray<{ program: string; 
     { program: 'pp_trace_tcp_retransmit', category: 'tcp', name: 'tcp_retransmit_skb' },
     { program: 'pp_trace_tcp_receive_reset', category: 'tcp', name: 'tcp_receive_reset' },
   ],
+  security: [
+    { program: 'pp_sec_exec', category: 'sched', name: 'sched_process_exec' },
+    { program: 'pp_sec_exit', category: 'sched', name: 'sched_process_exit' },
+    { program: 'pp_sec_openat', category: 'syscalls', name: 'sys_enter_openat' },
+    { program: 'pp_sec_unlinkat', category: 'syscalls', name: 'sys_enter_unlinkat', optional: true },
+    { program: 'pp_sec_renameat2', category: 'syscalls', name: 'sys_enter_renameat2', optional: true },
+    { program: 'pp_sec_fchmodat', category: 'syscalls', name: 'sys_enter_fchmodat', optional: true },
+    // x86-64 has the calls without a directory fd, arm64 does not; fchmodat2 is Linux 6.6+.
+    { program: 'pp_sec_open', category: 'syscalls', name: 'sys_enter_open', optional: true },
+    { program: 'pp_sec_unlink', category: 'syscalls', name: 'sys_enter_unlink', optional: true },
+    { program: 'pp_sec_rename', category: 'syscalls', name: 'sys_enter_rename', optional: true },
+    { program: 'pp_sec_renameat', category: 'syscalls', name: 'sys_enter_renameat', optional: true },
+    { program: 'pp_sec_chmod', category: 'syscalls', name: 'sys_enter_chmod', optional: true },
+    { program: 'pp_sec_fchmodat2', category: 'syscalls', name: 'sys_enter_fchmodat2', optional: true },
+    { program: 'pp_sec_setuid', category: 'syscalls', name: 'sys_enter_setuid', optional: true },
+    { program: 'pp_sec_setgid', category: 'syscalls', name: 'sys_enter_setgid', optional: true },
+    { program: 'pp_sec_ptrace', category: 'syscalls', name: 'sys_enter_ptrace', optional: true },
+    { program: 'pp_sec_init_module', category: 'syscalls', name: 'sys_enter_init_module', optional: true },
+    { program: 'pp_sec_finit_module', category: 'syscalls', name: 'sys_enter_finit_module', optional: true },
+    { program: 'pp_sec_bpf', category: 'syscalls', name: 'sys_enter_bpf', optional: true },
+    { program: 'pp_sec_mount', category: 'syscalls', name: 'sys_enter_mount', optional: true },
+    { program: 'pp_sec_sock_state', category: 'sock', name: 'inet_sock_set_state' },
+  ],
 };
 
 /** The kernel's kind number of each trace kind (enum pp_event_kind). */
-const kindBit: Readonly<Record<TraceKind, number>> = { syscall: 1 << eventKinds.syscall, network: 1 << eventKinds.tcp };
+const kindBit: Readonly<Record<TraceKind, number>> = { syscall: 1 << eventKinds.syscall, network: 1 << eventKinds.tcp, security: 1 << eventKinds.security };
+
+/** struct watched_path in bpf/events.bpf.c. */
+const watchPrefixMax = 64;
+const watchPathsMax = 16;
 
 const lostReasons = ['ring_buffer_full', 'rate_limited', 'subscriber_slow', 'undecodable'] as const;
 type LostReason = (typeof lostReasons)[number];
@@ -74,7 +110,7 @@ type LostReason = (typeof lostReasons)[number];
 const families = {
   events: {
     name: 'probepilot_events_total',
-    help: 'Traced events read from the kernel\'s ring buffer, by kind (syscall, network); only while someone traces.',
+    help: 'Traced events read from the kernel\'s ring buffer, by kind (syscall, network, security); only while someone traces (security: while security.enabled).',
     type: 'counter',
     labelNames: ['kind'],
   },
@@ -111,8 +147,9 @@ export class EventPipeline {
   /** What trace_cgroups and trace_syscalls hold, so a change writes only the difference. */
   private kernelCgroups = new Map<bigint, number>();
   private kernelSyscalls = new Set<number>();
+  private kernelScope = new Map<bigint, number>();
   private refreshTimer: NodeJS.Timeout | undefined;
-  private readonly read: Record<TraceKind, number> = { syscall: 0, network: 0 };
+  private readonly read: Record<TraceKind, number> = { syscall: 0, network: 0, security: 0 };
   private readonly lost: Record<LostReason, number> = { ring_buffer_full: 0, rate_limited: 0, subscriber_slow: 0, undecodable: 0 };
   /** Kernel-side losses of objects already unloaded. */
   private readonly kernelLostBefore = { ring_buffer_full: 0, rate_limited: 0 };
@@ -138,13 +175,13 @@ export class EventPipeline {
    * Starts delivering the events that match filter to listener; resolves with
    * the function that ends the subscription. Rejects with TraceRefusedError.
    */
-  subscribe(filter: TraceFilter, listener: TraceListener): Promise<() => Promise<void>> {
+  subscribe(filter: TraceFilter, listener: TraceListener, fail: TraceFailure): Promise<() => Promise<void>> {
     return this.changes.run(async () => {
       const { maxSubscribers } = this.deps.config.events;
       if (this.subscribers.size >= maxSubscribers) {
         throw new TraceRefusedError(`${maxSubscribers} traces are open already (events.maxSubscribers); close one first`, 'limit');
       }
-      const subscriber: Subscriber = { filter, listener, ...this.syscallNumbersOf(filter) };
+      const subscriber: Subscriber = { filter, listener, fail, ...this.syscallNumbersOf(filter) };
       this.subscribers.add(subscriber);
       try {
         await this.apply();
@@ -153,7 +190,7 @@ export class EventPipeline {
         await this.apply().catch(() => undefined);
         throw err instanceof TraceRefusedError ? err : new TraceRefusedError(`cannot trace ${filter.kind}: ${describeError(err)}`, 'unavailable');
       }
-      this.log.info({ kind: filter.kind, namespace: filter.namespace ?? null, pod: filter.pod ?? null, syscalls: filter.syscalls ?? null, subscribers: this.subscribers.size }, 'trace started');
+      this.log.info({ kind: filter.kind, namespace: filter.namespace ?? null, pod: filter.pod ?? null, syscalls: filter.syscalls ?? null, kinds: filter.kinds ?? null, subscribers: this.subscribers.size }, 'trace started');
       let ended = false;
       return () =>
         this.changes.run(async () => {
@@ -186,6 +223,7 @@ export class EventPipeline {
     const object = this.loaded();
     this.writeConfig(object);
     this.writeCgroups(object);
+    this.writeScope(object);
     this.writeSyscalls(object);
     for (const kind of Object.keys(attachPoints) as TraceKind[]) {
       const wanted = this.subscribersOf(kind).length > 0;
@@ -193,12 +231,17 @@ export class EventPipeline {
       if (wanted && !attached) this.attach(object, kind);
       if (!wanted && attached) await this.detach(object, kind);
     }
-    const filtered = [...this.subscribers].some((s) => s.filter.namespace !== undefined || s.filter.pod !== undefined);
+    // Scoped security events follow pods as they come and go.
+    const filtered =
+      [...this.subscribers].some((s) => s.filter.namespace !== undefined || s.filter.pod !== undefined) ||
+      (this.subscribersOf('security').length > 0 && securityScoped(this.deps.config.security));
     if (filtered && !this.refreshTimer) {
       this.refreshTimer = setInterval(() => {
         this.changes
           .run(async () => {
-            if (this.object) this.writeCgroups(this.object);
+            if (!this.object) return;
+            this.writeCgroups(this.object);
+            this.writeScope(this.object);
           })
           .catch((err: unknown) => this.log.warn({ err: describeError(err) }, 'cannot update the traced cgroups; the previous set stays'));
       }, cgroupRefreshMs);
@@ -215,6 +258,8 @@ export class EventPipeline {
     try {
       object.setMapMaxEntries('events', ringBufferSize(this.deps.config.events.ringBufferBytes));
       object.load();
+      writeWatchedPaths(object, this.deps.config.security);
+      writeDecodeClasses(object, currentSyscallArch());
       this.reader = object.openRingBuffer('events', (err, batch) => this.onBatch(err, batch));
     } catch (err) {
       object.close();
@@ -223,13 +268,21 @@ export class EventPipeline {
     this.object = object;
     this.kernelCgroups = new Map();
     this.kernelSyscalls = new Set();
+    this.kernelScope = new Map();
     return object;
   }
 
   private attach(object: BpfObject, kind: TraceKind): void {
     const ids: number[] = [];
     try {
-      for (const point of attachPoints[kind]) ids.push(object.attachTracepoint(point.program, point.category, point.name));
+      for (const point of attachPoints[kind]) {
+        try {
+          ids.push(object.attachTracepoint(point.program, point.category, point.name));
+        } catch (err) {
+          if (!point.optional) throw err;
+          this.log.warn({ kind, tracepoint: `${point.category}:${point.name}`, reason: describeError(err) }, 'tracepoint unavailable; its events are off');
+        }
+      }
     } catch (err) {
       for (const id of ids) object.detach(id);
       throw new TraceRefusedError(`cannot attach the ${kind} trace: ${describeError(err)}`, 'unavailable');
@@ -280,11 +333,13 @@ export class EventPipeline {
     const syscallSubscribers = this.subscribersOf('syscall');
     const { ratePerSecond, burst } = this.deps.config.events;
     const costNs = ratePerSecond > 0 ? Math.max(1, Math.round(1e9 / ratePerSecond)) : 0;
-    const value = Buffer.alloc(24);
+    const value = Buffer.alloc(32);
     value.writeUInt32LE(this.cgroupFilteredKinds(), 0);
     value.writeUInt32LE(syscallSubscribers.length > 0 && syscallSubscribers.every((s) => s.syscallNrs) ? 1 : 0, 4);
     value.writeBigUInt64LE(BigInt(costNs), 8);
     value.writeBigUInt64LE(BigInt(costNs) * BigInt(burst), 16);
+    value.writeUInt32LE(this.securityOpsWanted(), 24);
+    value.writeUInt32LE(securityScoped(this.deps.config.security) ? 1 : 0, 28);
     object.update('trace_config', Buffer.alloc(4), value);
   }
 
@@ -306,15 +361,33 @@ export class EventPipeline {
         if (kinds) wanted.set(id, kinds);
       }
     }
-    const value = Buffer.alloc(4);
-    for (const [id, kinds] of wanted) {
-      if (this.kernelCgroups.get(id) === kinds) continue;
-      value.writeUInt32LE(kinds);
-      object.update('trace_cgroups', cgroupKey(id), value);
-    }
-    const stale = [...this.kernelCgroups.keys()].filter((id) => !wanted.has(id));
-    if (stale.length) object.deleteKeys('trace_cgroups', Buffer.concat(stale.map(cgroupKey)));
+    syncCgroupMap(object, 'trace_cgroups', this.kernelCgroups, wanted);
     this.kernelCgroups = wanted;
+  }
+
+  /** Bit (1 << op) of every security op some security subscriber wants: the others are not even reserved in the kernel. */
+  private securityOpsWanted(): number {
+    let ops = 0;
+    for (const subscriber of this.subscribersOf('security')) {
+      const wanted = subscriber.filter.kinds ?? Object.values(securityOps);
+      for (const [nr, op] of Object.entries(securityOps)) if (wanted.includes(op)) ops |= 1 << Number(nr);
+    }
+    return ops >>> 0;
+  }
+
+  /** security_scope: the verdicts of security.namespaces, security.cgroups and security.nodeProcesses for the cgroups known now. */
+  private writeScope(object: BpfObject): void {
+    const { security } = this.deps.config;
+    if (!securityScoped(security)) return;
+    this.deps.identity.cgroups.refresh();
+    const wanted = securityScope(security, this.deps.identity);
+    syncCgroupMap(object, 'security_scope', this.kernelScope, wanted);
+    const changed = wanted.size !== this.kernelScope.size || [...wanted].some(([id, verdict]) => this.kernelScope.get(id) !== verdict);
+    this.kernelScope = wanted;
+    if (changed) {
+      const verdicts = [...wanted.values()];
+      this.log.info({ cgroups: wanted.size, included: verdicts.filter((v) => v === 1).length, excluded: verdicts.filter((v) => v === 2).length }, 'security scope updated');
+    }
   }
 
   private writeSyscalls(object: BpfObject): void {
@@ -332,7 +405,16 @@ export class EventPipeline {
 
   private onBatch(err: Error | null, batch: Buffer | null): void {
     if (err || !batch) {
-      this.log.error({ err: describeError(err) }, 'ring buffer reader stopped; traces get no more events');
+      this.log.error({ err: describeError(err) }, 'ring buffer reader stopped; open traces are ended');
+      // A stream left open would wait for events that never come; its end unloads the programs, and the next trace loads them afresh.
+      const failure = new Error(`the trace stopped: the ring buffer reader failed (${describeError(err)})`);
+      for (const subscriber of this.subscribers) {
+        try {
+          subscriber.fail(failure);
+        } catch (failErr) {
+          this.log.warn({ kind: subscriber.filter.kind, err: describeError(failErr) }, 'a trace subscriber failed to end');
+        }
+      }
       return;
     }
     for (const bytes of splitBatch(batch)) {
@@ -357,7 +439,7 @@ export class EventPipeline {
       for (const subscriber of this.subscribers) {
         if (!this.wants(subscriber, event, record, cgroupPath)) continue;
         try {
-          if (!subscriber.listener(event)) this.lost.subscriber_slow++;
+          if (!subscriber.listener(event, record.cgroupId)) this.lost.subscriber_slow++;
         } catch (err) {
           // One broken transport must not stop the others' events (nor the reader).
           this.lost.subscriber_slow++;
@@ -370,6 +452,7 @@ export class EventPipeline {
   private wants(subscriber: Subscriber, event: TraceEvent, record: EventRecord, cgroupPath: string): boolean {
     if (subscriber.filter.kind !== event.type) return false;
     if (record.kind === 'syscall' && subscriber.syscallNrs && !subscriber.syscallNrs.has(record.nr)) return false;
+    if (record.kind === 'security' && subscriber.filter.kinds && !subscriber.filter.kinds.includes(record.op)) return false;
     return filterMatches(subscriber.filter, event.workload, cgroupPath);
   }
 
@@ -385,16 +468,38 @@ export class EventPipeline {
       comm: record.comm,
     };
     if (record.kind === 'syscall') {
+      const syscall = this.syscallNames.get(record.nr) ?? `syscall_${record.nr}`;
+      const decodedArgs = formatSyscallArgs(syscall, record.args, record.decoded);
       return {
         type: 'syscall',
         ...base,
         tid: record.tid,
-        syscall: this.syscallNames.get(record.nr) ?? `syscall_${record.nr}`,
+        syscall,
         nr: record.nr,
         ret: Number(record.ret),
         durationSeconds: Number(record.durationNs) / 1e9,
         args: record.args.map((arg) => `0x${arg.toString(16)}`),
+        ...(decodedArgs ? { decodedArgs } : {}),
       };
+    }
+    if (record.kind === 'security') {
+      const exited = record.op === 'exit';
+      const status = Number(record.arg);
+      const event: SecurityTraceEvent = {
+        type: 'security',
+        ...base,
+        kind: record.op,
+        uid: record.uid,
+        euid: record.euid,
+        ppid: record.ppid,
+        parentComm: record.parentComm,
+        ...(record.path ? { path: record.path } : {}),
+        ...(record.args.length ? { args: record.args } : {}),
+        // wait(2): a signal's number in the low 7 bits, else the code above them; shells report 128 + signal.
+        ...(exited ? { exitCode: status & 0x7f ? 128 + (status & 0x7f) : (status >> 8) & 0xff } : record.arg ? { arg: status } : {}),
+        ...(record.family ? { family: record.family === 4 ? 'ipv4' : 'ipv6', address: record.address, port: record.port } : {}),
+      };
+      return event;
     }
     return {
       type: 'network',
@@ -422,7 +527,7 @@ export class EventPipeline {
     const attached = [...this.attachments.keys()];
     const programNames = new Set(attached.flatMap((kind) => attachPoints[kind].map((p) => p.program)));
     return {
-      subscribers: { syscall: this.subscribersOf('syscall').length, network: this.subscribersOf('network').length },
+      subscribers: { syscall: this.subscribersOf('syscall').length, network: this.subscribersOf('network').length, security: this.subscribersOf('security').length },
       attached,
       programs: (this.object?.programs() ?? []).filter((p) => programNames.has(p.name)).map((p) => ({ name: p.name, id: p.id })),
     };
@@ -452,6 +557,32 @@ export class EventPipeline {
   }
 }
 
+/** The kernel's syscall_decode: the syscalls whose paths, sockaddr or argv sys_enter reads (none on an architecture without a table). */
+function writeDecodeClasses(object: BpfObject, arch: SyscallArch | undefined): void {
+  if (!arch) return;
+  for (const { nr, decodeClass } of decodeClassEntries(arch)) {
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(nr);
+    object.update('syscall_decode', key, Buffer.from([decodeClass]));
+  }
+}
+
+/** The kernel's watched_paths: a file operation elsewhere never leaves the kernel. */
+function writeWatchedPaths(object: BpfObject, security: AgentConfig['security']): void {
+  // The first matching prefix decides: sensitive files (read too) before the directories they are in.
+  const entries = [...security.sensitivePaths.map((prefix) => ({ prefix, flags: 3 })), ...security.watchedPaths.map((prefix) => ({ prefix, flags: 1 }))];
+  entries.slice(0, watchPathsMax).forEach(({ prefix, flags }, i) => {
+    const value = Buffer.alloc(8 + watchPrefixMax);
+    const bytes = Buffer.from(prefix, 'utf8').subarray(0, watchPrefixMax);
+    value.writeUInt32LE(bytes.length, 0);
+    value.writeUInt32LE(flags, 4);
+    bytes.copy(value, 8);
+    const key = Buffer.alloc(4);
+    key.writeUInt32LE(i);
+    object.update('watched_paths', key, value);
+  });
+}
+
 /** A cgroup path is path or below it. */
 function isWithin(cgroupPath: string, prefix: string): boolean {
   const base = prefix.endsWith('/') ? prefix.slice(0, -1) : prefix;
@@ -462,6 +593,18 @@ function filterMatches(filter: TraceFilter, labels: Labels, cgroupPath: string):
   if (filter.namespace !== undefined && labels.namespace !== filter.namespace) return false;
   if (filter.pod !== undefined && labels.pod !== filter.pod && !isWithin(cgroupPath, filter.pod)) return false;
   return true;
+}
+
+/** Writes a cgroup id → u32 map so that it holds wanted, given that it holds current: only the difference. */
+function syncCgroupMap(object: BpfObject, map: string, current: ReadonlyMap<bigint, number>, wanted: ReadonlyMap<bigint, number>): void {
+  const value = Buffer.alloc(4);
+  for (const [id, bits] of wanted) {
+    if (current.get(id) === bits) continue;
+    value.writeUInt32LE(bits);
+    object.update(map, cgroupKey(id), value);
+  }
+  const stale = [...current.keys()].filter((id) => !wanted.has(id));
+  if (stale.length) object.deleteKeys(map, Buffer.concat(stale.map(cgroupKey)));
 }
 
 function cgroupKey(id: bigint): Buffer {

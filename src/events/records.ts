@@ -3,9 +3,31 @@
 // writes them on the architectures we build for).
 import { formatIp } from '../ip.js';
 import { sanitizeLabelValue } from '../metrics/model.js';
+import { decodedSize, readDecoded, type SyscallDecoded } from './syscall-args.js';
 
 /** enum pp_event_kind. */
-export const eventKinds = { syscall: 1, tcp: 2 } as const;
+export const eventKinds = { syscall: 1, tcp: 2, security: 3 } as const;
+
+/** enum pp_security_op. */
+export const securityOps = {
+  1: 'exec',
+  2: 'exit',
+  3: 'open_write',
+  4: 'open_read',
+  5: 'unlink',
+  6: 'rename',
+  7: 'chmod',
+  8: 'setuid',
+  9: 'setgid',
+  10: 'setuid_exec',
+  11: 'ptrace',
+  12: 'module_load',
+  13: 'mount',
+  14: 'bpf_prog_load',
+  15: 'connect',
+  16: 'listen',
+} as const;
+export type SecurityOp = (typeof securityOps)[keyof typeof securityOps];
 
 /** struct pp_event: every record starts with it. */
 export interface EventHeader {
@@ -25,6 +47,8 @@ export interface SyscallRecord extends EventHeader {
   durationNs: bigint;
   /** The six argument registers at entry. */
   args: bigint[];
+  /** What sys_enter read from user memory, for syscalls with a decode class (src/events/syscall-args.ts). */
+  decoded?: SyscallDecoded;
 }
 
 export const tcpEventTypes = { 1: 'state', 2: 'retransmit', 3: 'reset_received' } as const;
@@ -41,11 +65,31 @@ export interface TcpRecord extends EventHeader {
   destinationPort: number;
 }
 
-export type EventRecord = SyscallRecord | TcpRecord;
+export interface SecurityRecord extends EventHeader {
+  kind: 'security';
+  op: SecurityOp;
+  uid: number;
+  euid: number;
+  ppid: number;
+  parentComm: string;
+  /** Exit status (wait(2) form), open flags, chmod mode, ptrace target, mount flags; 0 when the op has none. */
+  arg: bigint;
+  /** connect: the peer; listen: the local address. */
+  family?: 4 | 6;
+  address?: string;
+  port?: number;
+  path: string;
+  /** exec: argv; rename: the new name; mount: the source. */
+  args: string[];
+}
+
+export type EventRecord = SyscallRecord | TcpRecord | SecurityRecord;
 
 const headerSize = 48;
 const syscallRecordSize = headerSize + 72;
 const tcpRecordSize = headerSize + 40;
+const securityPathMax = 256;
+const securityRecordSize = headerSize + 64 + 2 * securityPathMax;
 const afInet = 2;
 const afInet6 = 10;
 
@@ -81,6 +125,7 @@ export function decodeRecord(record: Buffer): EventRecord | undefined {
       ret: record.readBigInt64LE(56),
       durationNs: record.readBigUInt64LE(64),
       args: Array.from({ length: 6 }, (_, i) => record.readBigUInt64LE(72 + i * 8)),
+      ...(record.length >= syscallRecordSize + decodedSize ? { decoded: readDecoded(record.subarray(syscallRecordSize)) } : {}),
     };
   }
   if (kind === eventKinds.tcp && record.length >= tcpRecordSize) {
@@ -101,7 +146,40 @@ export function decodeRecord(record: Buffer): EventRecord | undefined {
       destination: formatIp(family, record.subarray(72, 88)),
     };
   }
+  if (kind === eventKinds.security && record.length >= securityRecordSize) return decodeSecurity(record);
   return undefined;
+}
+
+function decodeSecurity(record: Buffer): SecurityRecord | undefined {
+  const op = securityOps[record.readUInt32LE(48) as keyof typeof securityOps];
+  if (!op) return undefined;
+  const familyCode = record[74];
+  const family = familyCode === afInet ? 4 : familyCode === afInet6 ? 6 : undefined;
+  const argsLength = Math.min(record.readUInt32LE(76), securityPathMax);
+  const argsBytes = record.subarray(368, 368 + securityPathMax);
+  // argv is NUL-separated and may be cut at the bound; other ops carry one string.
+  const args =
+    op === 'exec'
+      ? argsBytes
+          .subarray(0, argsLength)
+          .toString('utf8')
+          .split('\0')
+          .filter((arg, i, all) => arg !== '' || i < all.length - 1)
+          .map(sanitizeLabelValue)
+      : [kernelString(argsBytes)].filter((arg) => arg !== '');
+  return {
+    kind: 'security',
+    ...decodeHeader(record),
+    op,
+    uid: record.readUInt32LE(52),
+    euid: record.readUInt32LE(56),
+    ppid: record.readUInt32LE(60),
+    arg: record.readBigInt64LE(64),
+    ...(family ? { family, address: formatIp(family, record.subarray(80, 96)), port: record.readUInt16LE(72) } : {}),
+    parentComm: kernelString(record.subarray(96, 112)),
+    path: kernelString(record.subarray(112, 112 + securityPathMax)),
+    args,
+  };
 }
 
 /** A batch from the addon's ring buffer reader: records, each behind its u32 length. */

@@ -213,6 +213,8 @@ const retryableCodes = new Set([
   15, // DATA_LOSS
 ]);
 
+const deadlineExceeded = 4;
+
 export function isRetryable(error: unknown): boolean {
   return typeof error === 'object' && error !== null && retryableCodes.has((error as { code?: unknown }).code as number);
 }
@@ -247,9 +249,11 @@ export class RetryingExporter implements PushMetricExporter {
   readonly outcomes: Record<ExportOutcome, number> = { success: 0, retry: 0, failure: 0, dropped: 0 };
 
   constructor(
-    private readonly inner: PushMetricExporter,
+    private inner: PushMetricExporter,
     private readonly policy: RetryPolicy,
     private readonly log: Logger,
+    /** A fresh exporter (a new gRPC channel) to replace one whose export timed out; without it the same one is kept. */
+    private readonly renew?: () => PushMetricExporter,
   ) {}
 
   export(metrics: ResourceMetrics, resultCallback: (result: ExportResult) => void): void {
@@ -269,7 +273,9 @@ export class RetryingExporter implements PushMetricExporter {
 
   private async run(metrics: ResourceMetrics, job: PendingExport): Promise<ExportResult> {
     for (let attempt = 1; ; attempt++) {
-      const result = await new Promise<ExportResult>((resolve) => this.inner.export(metrics, resolve));
+      const used = this.inner;
+      const result = await new Promise<ExportResult>((resolve) => used.export(metrics, resolve));
+      if ((result.error as { code?: unknown } | undefined)?.code === deadlineExceeded) this.renewChannel(used);
       if (result.code === ExportResultCode.SUCCESS) {
         this.outcomes.success++;
         return result;
@@ -293,6 +299,20 @@ export class RetryingExporter implements PushMetricExporter {
       job.wake = undefined;
       if (job.abandoned) return this.drop(result);
     }
+  }
+
+  /**
+   * An endpoint that accepts the connection and never answers (a black hole,
+   * a hung collector) leaves gRPC's connection attempt waiting for the HTTP/2
+   * handshake with no timeout, and the channel opens another beside it: one
+   * more socket every couple of seconds, for as long as the outage lasts.
+   * Closing the channel closes them; the next attempt gets a new one.
+   */
+  private renewChannel(used: PushMetricExporter): void {
+    if (!this.renew || this.inner !== used) return;
+    this.inner = this.renew();
+    void used.shutdown().catch(() => undefined);
+    this.log.debug('OTLP export timed out: its gRPC channel closed, the next attempt opens a new one');
   }
 
   private drop(result: ExportResult): ExportResult {
@@ -342,13 +362,14 @@ export class OtlpExporter {
   constructor(config: OtlpConfig, collect: () => Promise<MetricFamily[]>, resource: OtlpResource, log: Logger) {
     const metadata = new Metadata();
     for (const { name, value } of config.headers) metadata.set(name, value);
-    const grpc = new OTLPMetricExporter({
-      url: config.endpoint,
-      credentials: channelCredentials(config),
-      metadata,
-      timeoutMillis: config.timeoutSeconds * 1000,
-    });
-    this.exporter = new RetryingExporter(grpc, { ...config.retry, maxInFlight: config.maxInFlight }, log);
+    const grpc = () =>
+      new OTLPMetricExporter({
+        url: config.endpoint,
+        credentials: channelCredentials(config),
+        metadata,
+        timeoutMillis: config.timeoutSeconds * 1000,
+      });
+    this.exporter = new RetryingExporter(grpc(), { ...config.retry, maxInFlight: config.maxInFlight }, log, grpc);
     const converter = new SnapshotConverter(config.temporality);
     const producer: MetricProducer = {
       async collect(): Promise<CollectionResult> {

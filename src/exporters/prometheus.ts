@@ -7,7 +7,7 @@
 import { promisify } from 'node:util';
 import { constants as zlibConstants, gzip } from 'node:zlib';
 import { Registry, collectDefaultMetrics } from 'prom-client';
-import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily } from '../metrics/model.js';
+import type { FamilyDescriptor, HistogramSample, Labels, MetricFamily, ScalarSample } from '../metrics/model.js';
 import { TimeSlicer } from '../metrics/slice.js';
 
 const staleFamily: FamilyDescriptor = {
@@ -20,11 +20,15 @@ const staleFamily: FamilyDescriptor = {
 /** Share of the scraper's timeout spent waiting for a fresh exposition; the rest is for sending it. */
 export const scrapeTimeoutShare = 0.8;
 
-/** One rendered exposition: the text as UTF-8, in chunks of about chunkLength characters. */
+/** One rendered exposition: the text as UTF-8, in chunks of about chunkLength characters or bytes. */
 export interface Exposition {
   /** Date.now() when its collection began. */
   at: number;
   chunks: Buffer[];
+  /** What it was rendered from, for a caller that may see only part of it (a tenant). */
+  families: readonly MetricFamily[];
+  /** prom-client's process and Node.js metrics, the last chunk. */
+  tail: Buffer;
   /** The same bytes gzip-compressed, made on the first scrape that asks (off the event loop) and shared. */
   gzipped?: Promise<Buffer>;
 }
@@ -92,6 +96,61 @@ function histogramLines(name: string, sample: HistogramSample): string {
   return out;
 }
 
+/** A sample's lines as last rendered, with the values they show. */
+interface RenderedScalar {
+  value: number;
+  text: string;
+}
+
+interface RenderedHistogram {
+  bounds: readonly number[];
+  counts: readonly number[];
+  sum: number;
+  count: number;
+  /** Already UTF-8: a reused histogram is copied, never concatenated and encoded again (its text, a deep rope of + pieces, was slower to reuse than to rebuild). */
+  bytes: Buffer;
+}
+
+/**
+ * Rendered lines per family name, by labels object (a series keeps its labels
+ * object from one collection to the next): between two scrapes most series
+ * have not moved, and comparing their numbers costs far less than formatting
+ * them again (at 100k series formatting was most of a scrape's CPU, and its
+ * garbage most of the rest).
+ */
+const renderedScalars = new Map<string, WeakMap<Labels, RenderedScalar>>();
+const renderedHistograms = new Map<string, WeakMap<Labels, RenderedHistogram>>();
+
+function cacheOf<T>(caches: Map<string, WeakMap<Labels, T>>, name: string): WeakMap<Labels, T> {
+  let cache = caches.get(name);
+  if (!cache) caches.set(name, (cache = new WeakMap()));
+  return cache;
+}
+
+function sameCounts(a: readonly number[], b: readonly number[]): boolean {
+  if (a.length !== b.length) return false;
+  for (let i = 0; i < a.length; i++) if (a[i] !== b[i]) return false;
+  return true;
+}
+
+function cachedHistogramLines(cache: WeakMap<Labels, RenderedHistogram>, name: string, sample: HistogramSample): Buffer {
+  const last = cache.get(sample.labels);
+  // Object.is: NaN sums compare equal to themselves.
+  if (last && last.count === sample.count && Object.is(last.sum, sample.sum) && last.bounds === sample.bounds && sameCounts(last.counts, sample.counts)) return last.bytes;
+  const bytes = Buffer.from(histogramLines(name, sample));
+  cache.set(sample.labels, { bounds: sample.bounds, counts: [...sample.counts], sum: sample.sum, count: sample.count, bytes });
+  return bytes;
+}
+
+function cachedScalarLine(cache: WeakMap<Labels, RenderedScalar>, name: string, sample: ScalarSample): string {
+  const last = cache.get(sample.labels);
+  if (last && Object.is(last.value, sample.value)) return last.text;
+  const labels = formatLabels(sample.labels);
+  const text = `\n${name}${labels ? `{${labels}}` : ''} ${formatValue(sample.value)}`;
+  cache.set(sample.labels, { value: sample.value, text });
+  return text;
+}
+
 /**
  * The exposition of these families in the descriptors' order (a descriptor
  * without a family gets its HELP and TYPE only), as prom-client's
@@ -102,13 +161,34 @@ export async function renderExposition(descriptors: readonly FamilyDescriptor[],
   const byName = new Map(families.map((f) => [f.name, f]));
   // Encoded chunk by chunk: short-lived strings, and the exposition kept off the JS heap until the next one.
   const chunks: Buffer[] = [];
+  // Text not encoded yet, and encoded pieces of the chunk under way.
   let current = '';
+  let pieces: Buffer[] = [];
+  let piecesLength = 0;
+  const endChunk = (): void => {
+    chunks.push(pieces.length === 1 ? pieces[0]! : Buffer.concat(pieces, piecesLength));
+    pieces = [];
+    piecesLength = 0;
+  };
+  const encodeCurrent = (): void => {
+    if (!current) return;
+    const bytes = Buffer.from(current);
+    current = '';
+    pieces.push(bytes);
+    piecesLength += bytes.length;
+  };
   const emit = (text: string): void => {
     current += text;
     if (current.length >= chunkLength) {
-      chunks.push(Buffer.from(current));
-      current = '';
+      encodeCurrent();
+      endChunk();
     }
+  };
+  const emitBytes = (bytes: Buffer): void => {
+    encodeCurrent();
+    pieces.push(bytes);
+    piecesLength += bytes.length;
+    if (piecesLength >= chunkLength) endChunk();
   };
   for (const [i, descriptor] of descriptors.entries()) {
     const name = escapeText(descriptor.name);
@@ -116,20 +196,22 @@ export async function renderExposition(descriptors: readonly FamilyDescriptor[],
     const family = byName.get(descriptor.name);
     if (!family) continue;
     if (family.type === 'histogram') {
+      const cache = cacheOf(renderedHistograms, name);
       for (const sample of family.samples) {
         if (slicer.due()) await slicer.yield();
-        emit(histogramLines(name, sample));
+        emitBytes(cachedHistogramLines(cache, name, sample));
       }
     } else {
+      const cache = cacheOf(renderedScalars, name);
       for (const sample of family.samples) {
         if (slicer.due()) await slicer.yield();
-        const labels = formatLabels(sample.labels);
-        emit(`\n${name}${labels ? `{${labels}}` : ''} ${formatValue(sample.value)}`);
+        emit(cachedScalarLine(cache, name, sample));
       }
     }
   }
   emit('\n');
-  if (current) chunks.push(Buffer.from(current));
+  encodeCurrent();
+  if (piecesLength) endChunk();
   return chunks;
 }
 
@@ -191,6 +273,16 @@ export class PrometheusExporter {
     return exposition.gzipped;
   }
 
+  /** The exposition with only the samples whose labels pass keep (families keep their HELP and TYPE), in the same chunked form. */
+  async filtered(exposition: Exposition, keep: (labels: Labels) => boolean): Promise<Exposition> {
+    const families = exposition.families.map((family) =>
+      family.type === 'histogram' ? { ...family, samples: family.samples.filter((s) => keep(s.labels)) } : { ...family, samples: family.samples.filter((s) => keep(s.labels)) },
+    );
+    const chunks = await renderExposition(this.descriptors, families, new TimeSlicer());
+    chunks.push(exposition.tail);
+    return { at: exposition.at, chunks, families, tail: exposition.tail };
+  }
+
   private fresh(): Promise<Exposition> {
     this.inflight ??= this.build().finally(() => {
       this.inflight = undefined;
@@ -202,10 +294,12 @@ export class PrometheusExporter {
     const at = Date.now();
     const families = await this.collect();
     const stale: MetricFamily = { ...staleFamily, type: 'counter', samples: [{ labels: {}, value: this.staleAnswers }] };
-    const chunks = await renderExposition(this.descriptors, [...families, stale], new TimeSlicer());
+    const all = [...families, stale];
+    const chunks = await renderExposition(this.descriptors, all, new TimeSlicer());
     // registry.metrics() separates families by a blank line and ends with a newline, as ours do.
-    chunks.push(Buffer.from(`\n${await this.registry.metrics()}`));
-    const exposition = { at, chunks };
+    const tail = Buffer.from(`\n${await this.registry.metrics()}`);
+    chunks.push(tail);
+    const exposition = { at, chunks, families: all, tail };
     this.latest = exposition;
     return exposition;
   }

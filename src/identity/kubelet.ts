@@ -20,6 +20,11 @@ const cgroupfsPod = /^pod([0-9a-f-]{36})$/;
 const systemdContainer = /^(?:cri-containerd|crio|docker)-([0-9a-f]{64})\.scope$/;
 const cgroupfsContainer = /^([0-9a-f]{64})$/;
 
+/** The kubelet's top cgroup directory (by name: kubepods, kubepods.slice, or a prefixed …-kubepods.slice). */
+export function isKubepodsDir(name: string): boolean {
+  return name === 'kubepods' || name === 'kubepods.slice' || name.endsWith('-kubepods.slice');
+}
+
 export function parseKubeletCgroup(cgroupPath: string): KubeletCgroup | undefined {
   const parts = cgroupPath.split('/').filter(Boolean);
   for (let i = 0; i < parts.length; i++) {
@@ -27,7 +32,7 @@ export function parseKubeletCgroup(cgroupPath: string): KubeletCgroup | undefine
     const cgroupfs = systemd ? undefined : cgroupfsPod.exec(parts[i]!);
     if (!systemd && !cgroupfs) continue;
     // A pod cgroup only counts inside the kubelet's tree.
-    if (!parts.slice(0, i).some((p) => p === 'kubepods' || p === 'kubepods.slice' || p.endsWith('-kubepods.slice'))) continue;
+    if (!parts.slice(0, i).some(isKubepodsDir)) continue;
     const podUid = systemd ? systemd[2]!.replaceAll('_', '-') : cgroupfs![1]!;
     const qos: QosClass = systemd ? ((systemd[1] as QosClass | undefined) ?? 'guaranteed') : qosFromCgroupfs(parts[i - 1]);
     const child = parts[i + 1];

@@ -91,6 +91,11 @@ export class PodWatcher {
     return this.pods.size;
   }
 
+  /** The namespaces of this node's pods (where a tenant's namespaced grants are looked for). */
+  namespaces(): Set<string> {
+    return new Set([...this.pods.values()].map((p) => p.namespace));
+  }
+
   get(uid: string): PodInfo | undefined {
     return this.pods.get(uid);
   }

@@ -66,6 +66,18 @@ export class NetnsWorkloads {
   }
 
   /**
+   * The workload of namespace `nsid` from a scan at most minRefreshIntervalMs
+   * old, even when it is known: a young namespace's first answer can name a
+   * visitor (CNI plugins and set-up tools enter a new pod's namespace from
+   * their own cgroups), so answers still settling are asked for again.
+   */
+  current(nsid: number): NetnsWorkload | undefined {
+    if (nsid < 0) return undefined;
+    this.refresh();
+    return this.byNsid.get(nsid);
+  }
+
+  /**
    * The workload of the namespace with this inode, scanning /proc again
    * (rate-limited) when it is unknown. undefined for the agent's own
    * namespace (the node) and for namespaces no process lives in.

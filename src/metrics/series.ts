@@ -11,6 +11,9 @@
 // folded label set stays folded until it has been without a live entry for
 // the grace period, even if room frees up meanwhile: counts never move from
 // one series to another, so every series, the overflow included, is monotonic.
+// Overflow series never expire (there is one per combination of the kept
+// labels): one that came back from zero after a quiet spell would read as a
+// counter reset of the same series.
 import type { Labels } from './model.js';
 
 /** The value of every identity label of an overflow series. */
@@ -49,6 +52,15 @@ export interface RetiredTotals {
   key: string;
   labels: Labels;
   retired: number[];
+}
+
+/** A label set folded into an overflow series: kept across restarts, so its live kernel entry keeps counting there and not in a series of its own. */
+export interface SavedFold {
+  key: string;
+  labels: Labels;
+  /** The overflow series' key and labels. */
+  intoKey: string;
+  intoLabels: Labels;
 }
 
 /** Overflow series live in a key space of their own, so no real label set can share one. */
@@ -159,6 +171,30 @@ export class CounterSeries {
     return out;
   }
 
+  /** Label sets folded now, for a restarted agent (see SavedFold). */
+  savedFolds(): SavedFold[] {
+    const intoKeys = new Map<Series, string>();
+    for (const [key, s] of this.series) if (s.overflow) intoKeys.set(s, key);
+    return [...this.folds].map(([key, fold]) => ({ key, labels: fold.labels, intoKey: intoKeys.get(fold.into)!, intoLabels: fold.into.labels }));
+  }
+
+  /**
+   * Folds of an earlier run whose kernel entries live on (reused maps): they
+   * stay folded, else the overflow series would lose what they counted and a
+   * new series of their own would start with all of it. Before restoreRetired.
+   */
+  restoreFolds(folds: readonly SavedFold[], now: number): void {
+    for (const { key, labels, intoKey, intoLabels } of folds) {
+      if (this.series.has(key) || this.folds.has(key) || !intoKey.startsWith(overflowKeyPrefix)) continue;
+      let into = this.series.get(intoKey);
+      if (!into) {
+        into = this.newSeries(Object.freeze({ ...intoLabels }), now, true);
+        this.series.set(intoKey, into);
+      }
+      this.folds.set(key, { labels, into, lastLive: now });
+    }
+  }
+
   /** Final counts saved by an earlier run (the kernel entries they came from are gone); their grace starts now. */
   restoreRetired(totals: readonly RetiredTotals[], now: number): void {
     for (const { key, labels, retired } of totals) {
@@ -173,15 +209,14 @@ export class CounterSeries {
     }
   }
 
-  /** Current totals; series with nothing live for longer than the grace period are dropped. */
+  /** Current totals; series of their own with nothing live for longer than the grace period are dropped. */
   finishCollection(now: number): SeriesValues[] {
-    // A fold's overflow series was fed whenever the fold was, so it never expires before its folds.
     for (const [key, fold] of this.folds) if (now - fold.lastLive > this.graceMs) this.folds.delete(key);
     const out: SeriesValues[] = [];
     for (const [key, s] of this.series) {
-      if (now - s.lastLive > this.graceMs) {
+      if (!s.overflow && now - s.lastLive > this.graceMs) {
         this.series.delete(key);
-        if (!s.overflow) this.ownSeries--;
+        this.ownSeries--;
         continue;
       }
       out.push({ labels: s.labels, values: s.live.map((v, i) => v + s.retired[i]!) });

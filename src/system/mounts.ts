@@ -2,6 +2,7 @@
 // ones BPF needs when the host has not (containers often start without them).
 import { readFileSync, existsSync, mkdirSync, statfsSync } from 'node:fs';
 import { execFileSync } from 'node:child_process';
+import path from 'node:path';
 
 export interface MountEntry {
   mountPoint: string;
@@ -60,6 +61,14 @@ export interface EnsuredMount {
 /** Where bpffs is mounted at the usual place; undefined when it is not. */
 export function bpffsMounted(dir = '/sys/fs/bpf'): string | undefined {
   return hasFs(dir, BPF_FS_MAGIC) ? dir : undefined;
+}
+
+/** Whether `target` (or, when it does not exist yet, its nearest existing parent) is on a bpffs: where pins can live. */
+export function onBpffs(target: string): boolean {
+  for (let dir = path.resolve(target); ; dir = path.dirname(dir)) {
+    if (existsSync(dir)) return hasFs(dir, BPF_FS_MAGIC);
+    if (dir === path.dirname(dir)) return false;
+  }
 }
 
 /** Where tracefs is mounted (the usual place or inside debugfs); undefined when nowhere. */

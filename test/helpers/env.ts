@@ -42,3 +42,8 @@ export function requirePrivileges(t: Test, what: string): boolean {
   else t.pass(what, { skip: message });
   return false;
 }
+
+/** Whether a BPF program of this id is still in the kernel (bpftool knows it). */
+export function programLoaded(id: number): boolean {
+  return spawnSync('bpftool', ['prog', 'show', 'id', String(id)], { stdio: 'ignore', timeout: 10_000 }).status === 0;
+}

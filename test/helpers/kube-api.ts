@@ -1,8 +1,10 @@
 // A Kubernetes API server for what the agent uses, speaking the real
 // protocol over plain HTTP on loopback: pod list with a spec.nodeName field
 // selector and resourceVersion, watch streams (ADDED/MODIFIED/DELETED, ERROR
-// 410 Gone), ReplicaSet and Job reads. It can be stopped and started again
-// on the same port to make an outage.
+// 410 Gone), ReplicaSet and Job reads, TokenReview and SubjectAccessReview
+// (delegated authentication and authorization: tokens and RBAC grants the
+// test declares). It can be stopped and started again on the same port to
+// make an outage.
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http';
 import { once } from 'node:events';
 import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
@@ -29,7 +31,7 @@ export interface PodObjectOptions {
 }
 
 /** The pod object a kubelet would report for a test pod: its uid, both addresses, and one running container "app". */
-export function podObject(pod: Pod, { namespace, name, owner, node = 'test-node' }: PodObjectOptions): KubeObject {
+export function podObject(pod: Pick<Pod, 'uid' | 'containerId'> & Partial<Pick<Pod, 'ipv4' | 'ipv6'>>, { namespace, name, owner, node = 'test-node' }: PodObjectOptions): KubeObject {
   return {
     apiVersion: 'v1',
     kind: 'Pod',
@@ -37,8 +39,8 @@ export function podObject(pod: Pod, { namespace, name, owner, node = 'test-node'
     spec: { nodeName: node },
     status: {
       phase: 'Running',
-      podIP: pod.ipv4,
-      podIPs: [{ ip: pod.ipv4 }, { ip: pod.ipv6 }],
+      // A pod of cgroup and process only (pods.ts addCgroupPod) has no address of its own.
+      ...(pod.ipv4 && pod.ipv6 ? { podIP: pod.ipv4, podIPs: [{ ip: pod.ipv4 }, { ip: pod.ipv6 }] } : {}),
       containerStatuses: [{ name: 'app', containerID: `containerd://${pod.containerId}`, ready: true, restartCount: 0, image: 'app', imageID: 'app' }],
     },
   };
@@ -62,6 +64,22 @@ export async function startFakeKubeApi(t: Test): Promise<{ api: FakeKubeApi; kub
 }
 
 type Collection = 'pods' | 'nodes';
+
+/** An RBAC grant as a SubjectAccessReview sees it: a user may do a verb on a probepilot.io resource (in a namespace, or cluster-wide) or a non-resource path. */
+export interface Grant {
+  user: string;
+  verb: string;
+  resource?: string;
+  /** Absent: cluster-wide (a ClusterRoleBinding). */
+  namespace?: string;
+  nonResourcePath?: string;
+}
+
+interface AccessReviewSpec {
+  user?: string;
+  resourceAttributes?: { group?: string; resource?: string; verb?: string; namespace?: string };
+  nonResourceAttributes?: { path?: string; verb?: string };
+}
 type WatchEvent = { type: 'ADDED' | 'MODIFIED' | 'DELETED'; collection: Collection; object: KubeObject; rv: number };
 
 export class FakeKubeApi {
@@ -79,6 +97,16 @@ export class FakeKubeApi {
   readonly requests: string[] = [];
   /** While set, every request is answered 503 and open watches are cut: an outage whose retries can be counted. */
   private failing = false;
+  /** Bearer tokens TokenReview accepts, with their user. */
+  readonly users = new Map<string, { username: string; uid: string; groups: string[] }>();
+  readonly grants: Grant[] = [];
+  /** TokenReviews and SubjectAccessReviews answered (the agent's cache is seen in them). */
+  readonly reviews = { token: 0, access: 0 };
+
+  /** Watch streams open now: a client that leaks a watch per reconnect shows here. */
+  get openWatches(): number {
+    return this.watchers.size;
+  }
 
   get url(): string {
     return `http://127.0.0.1:${this.port}`;
@@ -184,6 +212,8 @@ export class FakeKubeApi {
     const url = new URL(req.url ?? '/', this.url);
     this.requests.push(`${url.pathname}${url.search}`);
     if (this.failing) return json(res, 503, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'ServiceUnavailable', code: 503 });
+    if (req.method === 'POST' && url.pathname === '/apis/authentication.k8s.io/v1/tokenreviews') return void this.review(req, res, 'token');
+    if (req.method === 'POST' && url.pathname === '/apis/authorization.k8s.io/v1/subjectaccessreviews') return void this.review(req, res, 'access');
     const node = /^spec\.nodeName=(.+)$/.exec(url.searchParams.get('fieldSelector') ?? '')?.[1];
     const collection = ({ '/api/v1/pods': 'pods', '/api/v1/nodes': 'nodes' } as const)[url.pathname as '/api/v1/pods' | '/api/v1/nodes'] as Collection | undefined;
     if (collection && url.searchParams.get('watch') === 'true') return this.watch(url, collection, node, res);
@@ -194,6 +224,24 @@ export class FakeKubeApi {
     const object = this.others.get(url.pathname);
     if (object) return json(res, 200, object);
     return json(res, 404, { kind: 'Status', apiVersion: 'v1', status: 'Failure', reason: 'NotFound', code: 404 });
+  }
+
+  private async review(req: IncomingMessage, res: ServerResponse, kind: 'token' | 'access'): Promise<void> {
+    const chunks: Buffer[] = [];
+    for await (const chunk of req) chunks.push(chunk as Buffer);
+    const body = JSON.parse(Buffer.concat(chunks).toString('utf8')) as { spec: { token?: string } & AccessReviewSpec };
+    this.reviews[kind]++;
+    if (kind === 'token') {
+      const user = this.users.get(body.spec.token ?? '');
+      return json(res, 201, { apiVersion: 'authentication.k8s.io/v1', kind: 'TokenReview', status: user ? { authenticated: true, user } : { authenticated: false, error: 'invalid bearer token' } });
+    }
+    const { user, resourceAttributes: r, nonResourceAttributes: n } = body.spec;
+    const allowed = this.grants.some((g) =>
+      g.user === user &&
+      g.verb === (r?.verb ?? n?.verb) &&
+      (n ? g.nonResourcePath === n.path : r?.group === 'probepilot.io' && g.resource === r.resource && (g.namespace === undefined || g.namespace === r.namespace)),
+    );
+    return json(res, 201, { apiVersion: 'authorization.k8s.io/v1', kind: 'SubjectAccessReview', status: { allowed, ...(allowed ? {} : { reason: 'no RBAC grant' }) } });
   }
 
   private watch(url: URL, collection: Collection, node: string | undefined, res: ServerResponse): void {

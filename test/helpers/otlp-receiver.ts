@@ -105,12 +105,15 @@ export class OtlpReceiver {
   private server: Server | undefined;
   port = 0;
 
+  /** maxMessageBytes: the largest request accepted (gRPC's default, as the OpenTelemetry Collector's, is 4 MiB). */
+  constructor(private readonly options: { maxMessageBytes?: number } = {}) {}
+
   get endpoint(): string {
     return `http://127.0.0.1:${this.port}`;
   }
 
   async start(): Promise<void> {
-    const server = new Server();
+    const server = new Server(this.options.maxMessageBytes ? { 'grpc.max_receive_message_length': this.options.maxMessageBytes } : {});
     server.addService(service.collector.metrics.v1.MetricsService.service, {
       Export: (call: ServerUnaryCall<ExportRequest, unknown>, callback: sendUnaryData<unknown>) => {
         this.lastMetadata = Object.fromEntries(Object.entries(call.metadata.getMap()).map(([k, v]) => [k, String(v)]));

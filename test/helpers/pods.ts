@@ -35,6 +35,13 @@ export interface PodOptions {
   layout?: CgroupLayout;
   /** Default burstable. Guaranteed pods sit directly under kubepods, as the kubelet puts them. */
   qos?: QosClass;
+  /**
+   * The bridge floods nothing onto this pod's port (broadcasts, multicast,
+   * unknown unicast; set before the port comes up), so its veth counters hold
+   * only its own traffic even while other pods on the bridge ARP and report.
+   * Pods that talk to each other need their floods: default false.
+   */
+  isolated?: boolean;
 }
 
 export interface VethStats {
@@ -79,6 +86,21 @@ export interface Pod {
   destroy(): Promise<void>;
 }
 
+/**
+ * A pod without a network of its own (as if it were on the host network): a
+ * kubelet-shaped cgroup holding one live process, for scale runs where a
+ * netns and a veth per pod would cost more than the pods measure.
+ */
+export interface CgroupPod {
+  readonly name: string;
+  readonly uid: string;
+  readonly containerId: string;
+  readonly cgroupDir: string;
+  readonly cgroupPath: string;
+  readonly pid: number;
+  destroy(): Promise<void>;
+}
+
 export interface TestNetwork {
   /** 4 hex digits in every name this run creates. */
   readonly runId: string;
@@ -92,6 +114,12 @@ export interface TestNetwork {
   readonly cgroupDir: string;
   readonly pods: readonly Pod[];
   addPod(opts?: PodOptions): Promise<Pod>;
+  /**
+   * A pod of cgroup and process only, running `command` (which must keep
+   * running) in its container cgroup; not limited to the network's 250
+   * addresses. Removed with the network.
+   */
+  addCgroupPod(command: readonly [string, ...string[]], opts?: PodOptions): Promise<CgroupPod>;
   /** Idempotent; removes every pod, the bridge and the run's cgroups. */
   destroy(): Promise<void>;
 }
@@ -290,14 +318,16 @@ class TestPod implements Pod {
     return this.#pausePid;
   }
 
-  async setUp(bridge: string, gatewayIpv4: string, gatewayIpv6: string): Promise<void> {
+  async setUp(bridge: string, gatewayIpv4: string, gatewayIpv6: string, isolated: boolean): Promise<void> {
     mkdirSync(this.cgroupDir, { recursive: true });
     await ip('netns', 'add', this.netns);
     await ip('link', 'add', this.hostVeth, 'type', 'veth', 'peer', 'name', this.podVeth, 'netns', this.netns);
     // A bridge port needs no address; without one it sends no IPv6 DAD/MLD
     // packets that would show up in the byte counters tests compare.
     await ip('link', 'set', this.hostVeth, 'addrgenmode', 'none');
-    await ip('link', 'set', this.hostVeth, 'master', bridge, 'up');
+    await ip('link', 'set', this.hostVeth, 'master', bridge);
+    if (isolated) await ip('link', 'set', this.hostVeth, 'type', 'bridge_slave', 'flood', 'off', 'mcast_flood', 'off', 'bcast_flood', 'off');
+    await ip('link', 'set', this.hostVeth, 'up');
     const inNs = (...args: string[]) => ip('-n', this.netns, ...args);
     await execChecked('ip', ['netns', 'exec', this.netns, 'sysctl', '-q', '-w', ...quietInterface(this.podVeth)]);
     await inNs('link', 'set', this.podVeth, 'addrgenmode', 'none');
@@ -364,8 +394,50 @@ class TestPod implements Pod {
   }
 }
 
+class ProcessPod implements CgroupPod {
+  readonly #podCgroupDir: string;
+  #pid = 0;
+
+  constructor(
+    readonly name: string,
+    readonly uid: string,
+    readonly containerId: string,
+    podCgroupDir: string,
+    readonly cgroupDir: string,
+    readonly cgroupPath: string,
+  ) {
+    this.#podCgroupDir = podCgroupDir;
+  }
+
+  get pid(): number {
+    return this.#pid;
+  }
+
+  async start(command: readonly [string, ...string[]]): Promise<void> {
+    mkdirSync(this.cgroupDir, { recursive: true });
+    // Joins the cgroup before exec, as TestPod#run does, so no instant of the workload runs outside it.
+    const child = spawn('sh', ['-c', 'echo $$ > "$0/cgroup.procs" && exec "$@"', this.cgroupDir, ...command], { stdio: 'ignore' });
+    child.unref();
+    const pid = child.pid;
+    if (pid === undefined) throw new Error(`pod ${this.name}: could not start ${command[0]}`);
+    await waitFor(
+      () => {
+        if (child.exitCode !== null || child.signalCode !== null) throw new StopWaiting(`${command[0]} of pod ${this.name} exited (${child.exitCode ?? child.signalCode})`);
+        return readFileSync(path.join(this.cgroupDir, 'cgroup.procs'), 'utf8').split('\n').includes(String(pid));
+      },
+      { timeoutMs: 10_000, intervalMs: 10, what: `process of pod ${this.name} in its cgroup` },
+    );
+    this.#pid = pid;
+  }
+
+  destroy(): Promise<void> {
+    return removeCgroupTree(this.#podCgroupDir);
+  }
+}
+
 class Network implements TestNetwork {
   readonly #pods: TestPod[] = [];
+  readonly #cgroupPods: ProcessPod[] = [];
   readonly #subnet: number;
   readonly #cgroupRoot: string;
   readonly runId: string;
@@ -429,8 +501,26 @@ class Network implements TestNetwork {
     // Registered first so that destroy() removes a half-built pod too.
     this.#pods.push(pod);
     try {
-      await pod.setUp(this.bridge, this.gatewayIpv4, this.gatewayIpv6);
+      await pod.setUp(this.bridge, this.gatewayIpv4, this.gatewayIpv6, opts.isolated ?? false);
       await this.#settle(pod);
+    } catch (err) {
+      await pod.destroy().catch(() => undefined);
+      throw err;
+    }
+    return pod;
+  }
+
+  async addCgroupPod(command: readonly [string, ...string[]], opts: PodOptions = {}): Promise<CgroupPod> {
+    const name = opts.name ?? `cpod${this.#cgroupPods.length}`;
+    if (this.#cgroupPods.some((p) => p.name === name)) throw new Error(`pod name ${name} already used in this network`);
+    const uid = randomUUID();
+    const containerId = randomBytes(32).toString('hex');
+    const { podDir, containerDir } = kubeletCgroup(opts.layout ?? 'systemd', opts.qos ?? 'burstable', name, uid, containerId);
+    const cgroupDir = path.join(this.cgroupDir, containerDir);
+    const pod = new ProcessPod(name, uid, containerId, path.join(this.cgroupDir, podDir), cgroupDir, `/${path.relative(this.#cgroupRoot, cgroupDir)}`);
+    this.#cgroupPods.push(pod);
+    try {
+      await pod.start(command);
     } catch (err) {
       await pod.destroy().catch(() => undefined);
       throw err;
@@ -442,6 +532,12 @@ class Network implements TestNetwork {
    * Waits until the packets the kernel sends by itself when carriers come up
    * (multicast reports, after linkwatch delays of up to 1 s) are out, so that
    * the counters a test reads from here on hold only the traffic it makes.
+   * Only the new pod's host veth is watched: everything its set-up sends
+   * crosses it (its reports, and the bridge's own when this port brought the
+   * bridge up), and what the bridge floods from it to the other ports has
+   * left by the time it is quiet. Traffic other pods carry meanwhile (a
+   * running test, a soak) is not waited for; only their broadcasts flooded
+   * onto the new port can delay the quiet, never prevent it.
    */
   async #settle(pod: TestPod): Promise<void> {
     const operstate = (dev: string) => readFileSync(`/sys/class/net/${dev}/operstate`, 'utf8').trim();
@@ -450,7 +546,7 @@ class Network implements TestNetwork {
       intervalMs: 20,
       what: `carrier on ${pod.hostVeth} and ${this.bridge}`,
     });
-    const counters = () => JSON.stringify([readFileSync(`/sys/class/net/${this.bridge}/statistics/tx_packets`, 'utf8'), ...this.#pods.map((p) => p.vethStats())]);
+    const counters = () => JSON.stringify(pod.vethStats());
     let last = counters();
     let quietSince = Date.now();
     await waitFor(
@@ -459,13 +555,16 @@ class Network implements TestNetwork {
         if (now !== last) [last, quietSince] = [now, Date.now()];
         return Date.now() - quietSince >= 300;
       },
-      { timeoutMs: 5_000, intervalMs: 25, what: `the network to go quiet after adding ${pod.name}` },
+      { timeoutMs: 5_000, intervalMs: 25, what: `${pod.hostVeth} to go quiet after adding ${pod.name}` },
     );
   }
 
   destroy(): Promise<void> {
     return allSteps(`teardown of test network ${this.runId}`, [
+      // Hundreds of cgroup pods are killed at once (cgroup.kill on the run's tree), not one wait each.
+      ...(this.#cgroupPods.length ? [() => killCgroupTree(this.cgroupDir)] : []),
       ...this.#pods.map((pod) => () => pod.destroy()),
+      ...this.#cgroupPods.map((pod) => () => pod.destroy()),
       () => deleteLink(this.bridge),
       () => removeCgroupTree(this.cgroupDir),
       async () => {

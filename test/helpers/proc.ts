@@ -66,6 +66,11 @@ export async function execChecked(cmd: string, args: readonly string[], options:
 }
 
 /** SIGKILL that tolerates the process being gone already. */
+/** A shell script that runs /bin/true n times: n execs besides the shell's own. */
+export function trueLoopScript(n: number): string {
+  return `i=0; while [ $i -lt ${n} ]; do /bin/true; i=$((i+1)); done`;
+}
+
 export function killPid(pid: number): void {
   try {
     process.kill(pid, 'SIGKILL');

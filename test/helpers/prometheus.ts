@@ -1,7 +1,7 @@
 // A real Prometheus (the Debian 2.42 binary) on loopback, scraping what a test
 // serves, plus promtool's exposition linter. Each instance has its own port,
 // config and TSDB directory, all removed by stop().
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { cpSync, mkdirSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import path from 'node:path';
 import { execCommand } from './proc.js';
@@ -20,6 +20,14 @@ export interface PrometheusOptions {
   ruleFiles?: readonly string[];
   /** host:port of an Alertmanager to send alerts to. */
   alertmanager?: string;
+  /** History to start with: OpenMetrics text (with timestamps, ending in # EOF) turned into blocks by promtool before Prometheus starts. */
+  openMetrics?: string;
+  /** Directories of TSDB blocks (e.g. from `promtool tsdb create-blocks-from rules`) copied into the data directory before Prometheus starts. */
+  blocks?: readonly string[];
+  /** Scrape over https with these files (Prometheus's tls_config). */
+  tls?: { caFile: string; certFile?: string; keyFile?: string };
+  /** A file holding the bearer token sent with every scrape (authorization.credentials_file). */
+  bearerTokenFile?: string;
 }
 
 export interface QuerySample {
@@ -38,8 +46,8 @@ export interface ScrapeTarget {
 export interface PrometheusServer {
   readonly url: string;
   readonly port: number;
-  /** Instant query at the current time; a scalar result comes back as one sample without labels. */
-  query(expr: string): Promise<QuerySample[]>;
+  /** Instant query at the current time (or at `time`, Unix seconds); a scalar result comes back as one sample without labels. */
+  query(expr: string, time?: number): Promise<QuerySample[]>;
   /** Values of a label on the series matching a selector, as Grafana's label_values(selector, label) asks for them. */
   labelValues(label: string, match: string): Promise<string[]>;
   targets(): Promise<ScrapeTarget[]>;
@@ -77,7 +85,16 @@ function config(opts: PrometheusOptions): string {
   // JSON is YAML: no YAML library needed to write a config Prometheus reads.
   return JSON.stringify({
     global: { scrape_interval: interval, scrape_timeout: interval, evaluation_interval: interval },
-    scrape_configs: [{ job_name: opts.jobName ?? 'probepilot', static_configs: [{ targets: opts.targets, labels: opts.targetLabels ?? {} }] }],
+    scrape_configs: [
+      {
+        job_name: opts.jobName ?? 'probepilot',
+        static_configs: [{ targets: opts.targets, labels: opts.targetLabels ?? {} }],
+        ...(opts.tls
+          ? { scheme: 'https', tls_config: { ca_file: opts.tls.caFile, ...(opts.tls.certFile ? { cert_file: opts.tls.certFile, key_file: opts.tls.keyFile } : {}) } }
+          : {}),
+        ...(opts.bearerTokenFile ? { authorization: { type: 'Bearer', credentials_file: opts.bearerTokenFile } } : {}),
+      },
+    ],
     rule_files: opts.ruleFiles ?? [],
     alerting: { alertmanagers: opts.alertmanager === undefined ? [] : [{ static_configs: [{ targets: [opts.alertmanager] }] }] },
   });
@@ -106,8 +123,8 @@ class Prometheus implements PrometheusServer {
     return body.data;
   }
 
-  async query(expr: string): Promise<QuerySample[]> {
-    const data = await this.#api<QueryData>(`/api/v1/query?query=${encodeURIComponent(expr)}`);
+  async query(expr: string, time?: number): Promise<QuerySample[]> {
+    const data = await this.#api<QueryData>(`/api/v1/query?query=${encodeURIComponent(expr)}${time === undefined ? '' : `&time=${time}`}`);
     switch (data.resultType) {
       case 'vector':
         return data.result.map((r) => ({ labels: r.metric, value: parseValue(r.value[1]) }));
@@ -143,11 +160,26 @@ async function startOnce(dir: string, port: number): Promise<Prometheus> {
   return new Prometheus(service, port, dir);
 }
 
+/** Backfills the data directory: OpenMetrics history through promtool, then copies of ready blocks. */
+async function prepareData(dir: string, { openMetrics, blocks = [] }: PrometheusOptions): Promise<void> {
+  const data = path.join(dir, 'data');
+  mkdirSync(data, { recursive: true });
+  if (openMetrics !== undefined) {
+    const file = path.join(dir, 'history.om');
+    writeFileSync(file, openMetrics);
+    const res = await execCommand('promtool', ['tsdb', 'create-blocks-from', 'openmetrics', file, data], { timeoutMs: 120_000 });
+    if (res.code !== 0) throw new Error(`promtool tsdb create-blocks-from openmetrics: ${res.stdout}${res.stderr}`);
+    rmSync(file);
+  }
+  for (const blockDir of blocks) cpSync(blockDir, data, { recursive: true });
+}
+
 /** Starts Prometheus and waits until it is ready; call stop() in a teardown. */
 export async function startPrometheus(opts: PrometheusOptions): Promise<PrometheusServer> {
   const dir = mkdtempSync(path.join(tmpdir(), 'probepilot-prometheus-'));
   writeFileSync(path.join(dir, 'prometheus.yml'), config(opts));
   try {
+    await prepareData(dir, opts);
     return await onFreePort((port) => startOnce(dir, port));
   } catch (err) {
     rmSync(dir, { recursive: true, force: true });

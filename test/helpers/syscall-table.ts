@@ -85,7 +85,11 @@ async function syscallStatsMapId(agent: AgentProcess): Promise<number> {
 
 /** Writes an entry per slot for workloads [from, ids.length) into the agent's syscall_stats; returns how many. */
 export async function fillSyscallStats(agent: AgentProcess, workloads: SyntheticWorkloads, from = 0): Promise<number> {
-  const mapId = await syscallStatsMapId(agent);
+  return fillSyscallMap(await syscallStatsMapId(agent), workloads, from);
+}
+
+/** Likewise into any map shaped like syscall_stats, by kernel map id. */
+export async function fillSyscallMap(mapId: number, workloads: SyntheticWorkloads, from = 0): Promise<number> {
   const lines: string[] = [];
   for (let w = from; w < workloads.ids.length; w++) {
     for (let s = 0; s < syntheticSlots.length; s++) lines.push(`map update id ${mapId} ${entryHex(workloads.ids[w]!, s, w)}`);

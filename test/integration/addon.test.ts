@@ -12,7 +12,7 @@ import v8 from 'node:v8';
 import vm from 'node:vm';
 import { bpfObjectDir, loadAddon, type BpfObject, type MapDump } from '../../src/bpf/addon.js';
 import { ensureBpffs, ensureTracefs } from '../../src/system/mounts.js';
-import { requirePrivileges } from '../helpers/env.js';
+import { programLoaded, requirePrivileges } from '../helpers/env.js';
 import { waitFor } from '../helpers/wait.js';
 
 const fixturePath = path.join(bpfObjectDir, 'addon_fixture.bpf.o');
@@ -39,10 +39,6 @@ function syscallKey(source: number, nr: number): Buffer {
 
 function run(cmd: string, args: string[]): string {
   return execFileSync(cmd, args, { encoding: 'utf8', stdio: ['ignore', 'pipe', 'pipe'], timeout: 30_000 });
-}
-
-function programLoaded(id: number): boolean {
-  return spawnSync('bpftool', ['prog', 'show', 'id', String(id)], { stdio: 'ignore' }).status === 0;
 }
 
 async function waitUnloaded(ids: number[], what: string): Promise<void> {

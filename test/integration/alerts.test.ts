@@ -70,7 +70,7 @@ t.test('agent down reaches a webhook through Alertmanager, and resolves when the
     const rules = body.data.groups.flatMap((g) => g.rules);
     return rules.length > 0 && rules.every((r) => r.health === 'ok' && r.lastEvaluation !== undefined && !r.lastEvaluation.startsWith('0001')) ? body.data.groups : undefined;
   }, 30_000, 'every rule evaluated at least once with health ok');
-  t.same(groups.map((g) => g.name).sort(), ['probepilot', 'probepilot-workloads'], 'both shipped groups are loaded and evaluate cleanly');
+  t.same(groups.map((g) => g.name).sort(), ['probepilot', 'probepilot-insights', 'probepilot-workloads'], 'every shipped group is loaded and evaluates cleanly');
   t.equal(alertmanager.notifications.filter(targetDown('firing', instance)).length, 0, 'no agent-down alert while the agent is up');
 
   const stoppedAt = Date.now();

@@ -10,11 +10,10 @@ import { spawnSync } from 'node:child_process';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { startKubernetesAgent, type AgentProcess } from '../helpers/agent.js';
-import { requirePrivileges } from '../helpers/env.js';
+import { programLoaded, requirePrivileges } from '../helpers/env.js';
 import { findSamples, parseExposition } from '../helpers/exposition.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { createTestNetwork, type Pod } from '../helpers/pods.js';
-import { execCommand } from '../helpers/proc.js';
 import { waitFor } from '../helpers/wait.js';
 import type { AgentStatus, FlowsResult } from '../../src/api/service.js';
 import { agentServiceDefinition } from '../../src/api/grpc.js';
@@ -146,7 +145,7 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
     }
     const unknown = await api<{ error: string; message: string }>(agent, '/api/v1/collectors/nope', { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"enabled":true}' });
     t.same([unknown.status, unknown.body.error], [404, 'unknown_collector']);
-    t.match(unknown.body.message, 'network, sched, syscalls, tcp, block, drops, process, gpu', 'an unknown collector lists the valid names');
+    t.match(unknown.body.message, 'network, sched, syscalls, tcp, block, drops, dns, process, gpu', 'an unknown collector lists the valid names');
     const sortError = await api<{ message: string }>(agent, '/api/v1/flows?sort=rate');
     t.match(sortError.body.message, 'querystring/sort must be one of: bytes, packets', 'a bad value names the key and the allowed values');
     t.equal((await api<{ error: string }>(agent, '/api/v1/nothing')).status, 404);
@@ -156,18 +155,17 @@ t.test('the REST API and the CLI against a live agent', async (t) => {
   await t.test('a collector disabled at run time detaches and loses its series; enabled again it counts', async (t) => {
     const before = (await api<AgentStatus>(agent, '/api/v1/status')).body.collectors.find((c) => c.name === 'network')!;
     t.ok(before.up && before.programs.length === 2, 'network is up with its two programs');
-    const loaded = async (id: number) => (await execCommand('bpftool', ['prog', 'show', 'id', String(id)])).code === 0;
-    for (const program of before.programs) t.ok(await loaded(program.id), `${program.name} is program ${program.id} in the kernel`);
+    for (const program of before.programs) t.ok(programLoaded(program.id), `${program.name} is program ${program.id} in the kernel`);
     const disabled = await api<{ enabled: boolean; up: boolean; programs: unknown[] }>(agent, '/api/v1/collectors/network', { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"enabled":false}' });
     t.same([disabled.status, disabled.body.enabled, disabled.body.up, disabled.body.programs.length], [200, false, false, 0]);
-    for (const program of before.programs) t.notOk(await loaded(program.id), `${program.name} (${program.id}) is gone from bpftool prog`);
+    for (const program of before.programs) t.notOk(programLoaded(program.id), `${program.name} (${program.id}) is gone from bpftool prog`);
     const families = parseExposition(await agent.metrics());
     t.equal(findSamples(families, 'probepilot_network_bytes_total').length, 0, 'its series left /metrics');
     t.equal(findSamples(families, 'probepilot_collector_up', { collector: 'network', reason: 'disabled through the API' })[0]?.value, 0, 'collector_up says why');
 
     const enabled = await api<{ up: boolean; programs: unknown[] }>(agent, '/api/v1/collectors/network', { method: 'PUT', headers: { 'content-type': 'application/json' }, body: '{"enabled":true}' });
     t.same([enabled.status, enabled.body.up, enabled.body.programs.length], [200, true, 2], 'attached again');
-    for (const program of (enabled.body.programs as Array<{ id: number; name: string }>)) t.ok(await loaded(program.id), `${program.name} is loaded again as ${program.id}`);
+    for (const program of (enabled.body.programs as Array<{ id: number; name: string }>)) t.ok(programLoaded(program.id), `${program.name} is loaded again as ${program.id}`);
     await send(web, pg.ipv4, 7);
     await waitFor(async () => findSamples(parseExposition(await agent.metrics()), 'probepilot_network_flow_packets_total', webEgressToPg)[0]?.value === 7, {
       timeoutMs: 10_000,

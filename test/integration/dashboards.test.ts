@@ -12,6 +12,8 @@ import type { ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import { once } from 'node:events';
 import { startAgent } from '../helpers/agent.js';
 import { allPanels, interpolate, loadDashboards, parseLabelValues, regexValue, variableQuery, type DashboardFile } from '../helpers/dashboards.js';
 import { requirePrivileges } from '../helpers/env.js';
@@ -28,6 +30,7 @@ import { startPrometheus, type PrometheusServer } from '../helpers/prometheus.js
 const node = 'test-node';
 const port = 5000;
 const closedPort = 5001;
+const dnsPort = 5053;
 const scrapeSeconds = 1;
 // What Grafana would put in for a short range at a 1 s scrape interval ($__rate_interval ≥ 4 scrapes).
 const builtins = { __interval: '2s', __rate_interval: '10s', __range: '5m' };
@@ -165,6 +168,8 @@ t.test('every dashboard panel returns data from a real Prometheus scraping the a
       PROBEPILOT_COLLECTORS_GPU_LIBRARY_PATH: nvml.library,
       PROBEPILOT_COLLECTORS_GPU_DCGM_LIBRARY_PATH: dcgm.library,
       PROBEPILOT_COLLECTORS_GPU_POD_RESOURCES_SOCKET: kubelet.socketPath,
+      PROBEPILOT_COLLECTORS_DNS_PORTS: String(dnsPort),
+      PROBEPILOT_COLLECTORS_DNS_TIMEOUT_SECONDS: '1',
     },
   });
   t.teardown(() => agent.stop());
@@ -176,6 +181,19 @@ t.test('every dashboard panel returns data from a real Prometheus scraping the a
   await execChecked('ip', ['netns', 'exec', pg.netns, 'nft', '-f', '-'], { input: lossy });
   const server = await background(t, pg, serverScript);
   const client = await background(t, web, clientScript(pg.ipv4, device));
+  // DNS for the DNS panels: the web pod asks the pg pod's server (test/helpers/dns.ts) for a name that
+  // resolves, one that fails and one that gets no answer, every half second.
+  const dnsJs = path.join(path.dirname(fileURLToPath(import.meta.url)), '../helpers/dns.js');
+  const dnsServer = pg.run(process.execPath, [dnsJs, 'serve', String(dnsPort), '5'], { stdio: ['ignore', 'pipe', 'inherit'] });
+  t.teardown(() => {
+    dnsServer.kill('SIGKILL');
+  });
+  await once(dnsServer.stdout!, 'data');
+  await background(
+    t,
+    web,
+    `console.log('ready'); setInterval(() => require('node:child_process').spawn(process.execPath, [${JSON.stringify(dnsJs)}, 'query', '${pg.ipv4}', '${dnsPort}', 'udp', 'A', 'noerror-0.test', 'servfail-0.test', 'drop-0.test'], { stdio: 'ignore' }), 500);`,
+  );
   // The two pods' scripts are the GPU's processes; XID 79 happened once.
   nvml.write({
     gpus: [
@@ -194,7 +212,8 @@ t.test('every dashboard panel returns data from a real Prometheus scraping the a
   const killed = await oomKillIn(t, report);
   t.equal(killed.signal, 'SIGKILL', 'the OOM killer ended the hog in the report pod');
 
-  const dashboards = loadDashboards();
+  // Insights scores against a day of history this test does not have: test/integration/insights.test.ts runs its panels on backfilled days.
+  const dashboards = loadDashboards().filter((d) => d.file !== 'probepilot-insights.json');
   // The traffic must have run for a few rate windows; then panels that are still empty get until the deadline.
   await prometheus.waitFor(async () => (await prometheus.query(`sum(increase(probepilot_tcp_retransmits_total{pod="web-0"}[${builtins.__rate_interval}])) > 0`)).length > 0, 60_000, 'retransmits of the web pod to be scraped');
   for (const file of dashboards) {

@@ -12,6 +12,7 @@ import { startAgent, type AgentProcess } from '../helpers/agent.js';
 import { checkExposition, parseExposition, sumSamples, type LabelFilter } from '../helpers/exposition.js';
 import { podObject, startFakeKubeApi } from '../helpers/kube-api.js';
 import { waitFor } from '../helpers/wait.js';
+import { trueLoopScript } from '../helpers/proc.js';
 
 const nodeName = 'test-node';
 const graceSeconds = 3;
@@ -20,8 +21,6 @@ const relistSeconds = 10;
 async function value(agent: AgentProcess, name: string, filter: LabelFilter): Promise<number> {
   return sumSamples(parseExposition(await agent.metrics()), name, filter);
 }
-
-const execLoop = (n: number) => `i=0; while [ $i -lt ${n} ]; do /bin/true; i=$((i+1)); done`;
 
 t.test('pod identity from the API server on tracepoint and network metrics', async (t) => {
   if (!requirePrivileges(t, 'Kubernetes mode with real pods')) return;
@@ -69,7 +68,7 @@ t.test('pod identity from the API server on tracepoint and network metrics', asy
   const webLabels = { namespace: 'shop', pod: 'web-7d9f-x2k4p', workload: 'web', workload_kind: 'Deployment' };
   const batchLabels = { namespace: 'jobs', pod: 'report-29000-q8zt1', workload: 'report', workload_kind: 'CronJob' };
   await t.test('labels on a per-container and a per-pod metric', async (t) => {
-    for (const [pod, n] of [[web, 30], [batch, 12]] as const) t.equal((await pod.exec('sh', ['-c', execLoop(n)])).code, 0);
+    for (const [pod, n] of [[web, 30], [batch, 12]] as const) t.equal((await pod.exec('sh', ['-c', trueLoopScript(n)])).code, 0);
     await web.exec('ping', ['-c', '3', '-i', '0.2', batch.ipv4]);
     await waitFor(async () => (await value(agent, 'probepilot_network_packets_total', { ...webLabels, direction: 'egress' })) >= 3, {
       timeoutMs: 15_000,
@@ -91,7 +90,7 @@ t.test('pod identity from the API server on tracepoint and network metrics', asy
     api.setFailing(true);
     await waitFor(async () => (await value(agent, 'probepilot_kubernetes_api_up', {})) === 0, { timeoutMs: 15_000, what: 'api_up to drop' });
     const requestsBefore = api.requests.length;
-    t.equal((await web.exec('sh', ['-c', execLoop(10)])).code, 0);
+    t.equal((await web.exec('sh', ['-c', trueLoopScript(10)])).code, 0);
     t.equal(await value(agent, 'probepilot_process_execs_total', { ...webLabels, container: 'app' }), 46, 'counts still carry the last known labels during the outage: 34 + 10 + 2');
     await sleep(6000);
     const retries = api.requests.length - requestsBefore;

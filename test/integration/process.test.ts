@@ -6,6 +6,7 @@ import { createTestNetwork } from '../helpers/pods.js';
 import { startAgent } from '../helpers/agent.js';
 import { parseExposition, sumSamples } from '../helpers/exposition.js';
 import { oomKillIn } from '../helpers/oom.js';
+import { trueLoopScript } from '../helpers/proc.js';
 
 const execs = 40;
 
@@ -27,8 +28,7 @@ t.test('execs and OOM kills are counted for the workload they happened to', asyn
   t.teardown(() => agent.stop());
 
   // Both pods go through the same command path (ip netns exec → sh): the pod that runs no loop measures its execs.
-  const loop = `i=0; while [ $i -lt ${execs} ]; do /bin/true; i=$((i+1)); done`;
-  t.equal((await looping.exec('sh', ['-c', loop])).code, 0, 'exec loop ran');
+  t.equal((await looping.exec('sh', ['-c', trueLoopScript(execs)])).code, 0, 'exec loop ran');
   t.equal((await once.exec('sh', ['-c', 'i=0'])).code, 0, 'baseline ran');
 
   const killed = await oomKillIn(t, victim);

@@ -2,7 +2,9 @@
 // and a server. Connections are counted on each side, connect latency once
 // per connect, RTT against `ss -tin`, retransmits (induced by a random-drop
 // rule in the receiver) against each pod's TcpRetransSegs, and the reset a
-// refused connect receives.
+// refused connect receives; connection outcomes (refused, timed out, reset,
+// established) against each connect's own result, and connection durations
+// against the time the client held them open.
 import t, { type Test } from 'tap';
 import type { ChildProcess } from 'node:child_process';
 import { createInterface } from 'node:readline';
@@ -16,12 +18,41 @@ import { waitFor } from '../helpers/wait.js';
 const port = 5001;
 const closedPort = 5999;
 const connections = 20;
+/** Accepts and resets at once (SO_LINGER 0): every connection to it ends by a reset. */
+const resetPort = 5002;
+/** SYNs to it are dropped in the server's namespace: connects to it time out. */
+const droppedPort = 5003;
 
 /** Accepts everything on [::]:port (IPv4 too), reads and discards. */
 const serverScript = `
 const net = require('node:net');
 const server = net.createServer((s) => { s.on('data', () => {}); s.on('error', () => {}); });
-server.listen(${port}, '::', () => console.log('ready'));
+server.listen(${port}, '::', () => {
+  net.createServer((s) => s.resetAndDestroy()).listen(${resetPort}, '::', () => console.log('ready'));
+});
+`;
+
+/**
+ * argv: host port count holdMs. Connects count times at once, ends each
+ * connection holdMs after it is established, and once every socket is
+ * closed prints how they went: {"ok": n, "ECONNREFUSED": n, …}.
+ */
+const outcomeScript = `
+const net = require('node:net');
+const [host, port, count, holdMs] = process.argv.slice(1);
+const outcomes = {};
+let closed = 0;
+for (let i = 0; i < Number(count); i++) {
+  let error = 'ok';
+  const s = net.connect({ host, port: Number(port) });
+  s.on('connect', () => setTimeout(() => s.end(), Number(holdMs)));
+  s.on('data', () => {});
+  s.on('error', (err) => { error = err.code; });
+  s.on('close', () => {
+    outcomes[error] = (outcomes[error] ?? 0) + 1;
+    if (++closed === Number(count)) { console.log(JSON.stringify(outcomes)); process.exit(0); }
+  });
+}
 `;
 
 /**
@@ -203,12 +234,62 @@ t.test('TCP connections, latency, RTT, retransmits and resets against the kernel
     }
   });
 
+  await t.test('connection outcomes and durations: each counted exactly', async (t) => {
+    const k = 7;
+    const holdMs = 300;
+    // One SYN retry: a dropped connect gives up after ~3 s (1 s, then 2 s) instead of two minutes.
+    await execChecked('ip', ['netns', 'exec', client.netns, 'sysctl', '-qw', 'net.ipv4.tcp_syn_retries=1']);
+    const rules = `table inet pp_tcp_drop {\n chain input {\n type filter hook input priority 0; policy accept;\n tcp dport ${droppedPort} drop\n }\n}\n`;
+    await execChecked('ip', ['netns', 'exec', server.netns, 'nft', '-f', '-'], { input: rules });
+    t.teardown(() => execChecked('ip', ['netns', 'exec', server.netns, 'nft', 'delete', 'table', 'inet', 'pp_tcp_drop']).then(() => undefined));
+    const outcomes = ['established', 'refused', 'timeout', 'reset'] as const;
+    const counts = async (pod: Pod) => Object.fromEntries(await Promise.all(outcomes.map(async (o) => [o, await metric(agent, 'probepilot_tcp_connections_total', of(pod, { outcome: o }))] as const)));
+    const duration = async () => ({
+      count: await metric(agent, 'probepilot_tcp_connection_duration_seconds_count', of(client)),
+      sum: await metric(agent, 'probepilot_tcp_connection_duration_seconds_sum', of(client)),
+    });
+    type Counted = Partial<Record<(typeof outcomes)[number], number>>;
+    const phases: ReadonlyArray<{ what: string; host: string; port: number; expect: Record<string, number>; client: Counted; server: Counted }> = [
+      { what: 'established, held open', host: server.ipv4, port, expect: { ok: k }, client: { established: k }, server: { established: k } },
+      { what: 'refused (closed port, IPv6)', host: server.ipv6, port: closedPort, expect: { ECONNREFUSED: k }, client: { refused: k }, server: {} },
+      { what: 'timed out (SYNs dropped)', host: server.ipv4, port: droppedPort, expect: { ETIMEDOUT: k }, client: { timeout: k }, server: {} },
+      { what: 'reset once established (IPv6)', host: server.ipv6, port: resetPort, expect: { ECONNRESET: k }, client: { established: k, reset: k }, server: { established: k, reset: k } },
+    ];
+    for (const phase of phases) {
+      const before = { client: await counts(client), server: await counts(server), duration: await duration() };
+      const run = runScript(t, client, outcomeScript, [phase.host, String(phase.port), String(k), String(holdMs)]);
+      await run.line(JSON.stringify(phase.expect));
+      for (const [pod, expected] of [[client, phase.client], [server, phase.server]] as const) {
+        const want = Object.fromEntries(outcomes.map((o) => [o, expected[o] ?? 0]));
+        // The server side ends its half a moment after the client sees it.
+        await waitFor(async () => {
+          const now = await counts(pod);
+          const was = pod === client ? before.client : before.server;
+          return outcomes.every((o) => now[o]! - was[o]! === want[o]);
+        }, { timeoutMs: 10_000, what: `${phase.what}: ${pod.name} to count ${JSON.stringify(want)}` }).catch(() => undefined);
+        const now = await counts(pod);
+        const was = pod === client ? before.client : before.server;
+        t.same(Object.fromEntries(outcomes.map((o) => [o, now[o]! - was[o]!])), want, `${phase.what}: ${pod.name} counted ${JSON.stringify(want)}`);
+      }
+      const after = await duration();
+      if (phase.port === port) {
+        const mean = (after.sum - before.duration.sum) / k;
+        t.equal(after.count - before.duration.count, k, `${phase.what}: one duration per connection`);
+        // Held ${holdMs} ms after connect, then the FIN exchange: never less, and on a local veth at most 200 ms more on a loaded machine.
+        t.ok(mean >= holdMs / 1000 && mean <= holdMs / 1000 + 0.2, `${phase.what}: mean duration ${(mean * 1000).toFixed(1)} ms, held ${holdMs} ms (tolerance +200 ms)`);
+      } else {
+        t.equal(after.count - before.duration.count, phase.client.established ?? 0, `${phase.what}: a duration only for connections that were established`);
+      }
+    }
+  });
+
   await t.test('a refused connect receives a reset', async (t) => {
     const received = await metric(agent, 'probepilot_tcp_resets_total', of(client, { direction: 'received' }));
+    const serverSent = await metric(agent, 'probepilot_tcp_resets_total', of(server, { direction: 'sent' }));
     const refused = runScript(t, client, refusedScript, [server.ipv4]);
     await refused.line('ECONNREFUSED');
     t.equal(await metric(agent, 'probepilot_tcp_resets_total', of(client, { direction: 'received' })) - received, 1, 'the client pod received one reset');
-    t.equal(await metric(agent, 'probepilot_tcp_resets_total', of(server, { direction: 'sent' })), 0, 'a reset from a closed port is no workload\'s: not the server pod\'s');
+    t.equal(await metric(agent, 'probepilot_tcp_resets_total', of(server, { direction: 'sent' })) - serverSent, 0, 'a reset from a closed port is no workload\'s: not the server pod\'s');
     t.ok((await metric(agent, 'probepilot_tcp_resets_total', { cgroup: '/', direction: 'sent' })) >= 1, 'it is the node\'s');
   });
 

@@ -12,18 +12,19 @@ import os from 'node:os';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { credentials, type Client } from '@grpc/grpc-js';
-import { requirePrivileges } from '../helpers/env.js';
+import { programLoaded, requirePrivileges } from '../helpers/env.js';
 import { createTestNetwork } from '../helpers/pods.js';
 import { onlyCollectors, startAgent, type AgentProcess } from '../helpers/agent.js';
 import { parseExposition, sumSamples } from '../helpers/exposition.js';
 import { compileWorkload } from '../helpers/workload.js';
-import { execCommand } from '../helpers/proc.js';
 import { waitFor } from '../helpers/wait.js';
 import { agentServiceDefinition } from '../../src/api/grpc.js';
 import type { AgentStatus } from '../../src/api/service.js';
 import type { NetworkTraceEvent, SyscallTraceEvent, TraceEvent } from '../../src/api/events.js';
+import { renderTraceEvent } from '../../src/client.js';
 
 const cli = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../src/cli.js');
+const fixtures = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../test/fixtures');
 
 /**
  * argv[1] getppid calls through syscall() (never cached by libc), after
@@ -100,10 +101,6 @@ async function status(agent: AgentProcess): Promise<AgentStatus> {
   return (await fetch(`${agent.url}/api/v1/status`)).json() as Promise<AgentStatus>;
 }
 
-async function programGone(id: number): Promise<boolean> {
-  return (await execCommand('bpftool', ['prog', 'show', 'id', String(id)])).code !== 0;
-}
-
 t.test('trace syscall: one pod\'s getppid calls, counted exactly, none of another pod\'s; gRPC sees the same', async (t) => {
   if (!requirePrivileges(t, 'syscall trace through the BPF ring buffer')) return;
   const binary = await compileWorkload(t, 'tracegetppid', getppidSource);
@@ -119,7 +116,7 @@ t.test('trace syscall: one pod\'s getppid calls, counted exactly, none of anothe
   t.teardown(() => agent.stop());
 
   const before = await status(agent);
-  t.same(before.events, { subscribers: { syscall: 0, network: 0 }, attached: [], programs: [] }, 'nothing attached before anyone traces');
+  t.same(before.events, { subscribers: { syscall: 0, network: 0, security: 0 }, attached: [], programs: [] }, 'nothing attached before anyone traces');
 
   const trace = await startTrace(t, agent, ['syscall', '--syscall', 'getppid', '--pod', traced.cgroupPath]);
   const grpcLine = agent.logs.find((l) => l.msg === 'gRPC API listening');
@@ -137,7 +134,7 @@ t.test('trace syscall: one pod\'s getppid calls, counted exactly, none of anothe
   t.same(during.events.attached, ['syscall'], 'the syscall programs are attached while traced');
   t.same(during.events.programs.map((p) => p.name).sort(), ['pp_trace_sys_enter', 'pp_trace_sys_exit']);
   const programIds = during.events.programs.map((p) => p.id);
-  for (const id of programIds) t.notOk(await programGone(id), `program ${id} is in the kernel while traced`);
+  for (const id of programIds) t.ok(programLoaded(id), `program ${id} is in the kernel while traced`);
 
   // Paced to under 5,000 calls/s, the default per-pod rate (off here, so that no token race can cost a call):
   // the stream's client must keep up with what a pod may send, on a busy 2-CPU machine.
@@ -167,7 +164,7 @@ t.test('trace syscall: one pod\'s getppid calls, counted exactly, none of anothe
   t.equal(await trace.stop(), 0, 'the CLI exits 0 on Ctrl-C');
   call.cancel();
   await waitFor(async () => (await status(agent)).events.attached.length === 0, { timeoutMs: 10_000, what: 'the programs to be detached' });
-  for (const id of programIds) t.ok(await programGone(id), `program ${id} left the kernel once the last trace ended`);
+  for (const id of programIds) t.notOk(programLoaded(id), `program ${id} left the kernel once the last trace ended`);
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
   t.equal(agent.stderr(), '', 'agent wrote nothing to stderr');
 });
@@ -233,6 +230,62 @@ t.test('trace network: one pod\'s connects with their peer, none of another pod\
   t.equal(await agent.stop(), 0, 'agent exits cleanly');
 });
 
+t.test('trace syscall decodes arguments: the paths a pod opens, the addresses it connects to, the argv it execs', async (t) => {
+  if (!requirePrivileges(t, 'syscall trace through the BPF ring buffer')) return;
+  const dir = mkdtempSync(path.join(os.tmpdir(), 'pp-sysargs-'));
+  t.teardown(() => rmSync(dir, { recursive: true, force: true }));
+  const binary = await compileWorkload(t, 'ppsysargs', readFileSync(path.join(fixtures, 'syscall-args.c'), 'utf8'), ['-static']);
+  const net = await createTestNetwork();
+  t.teardown(() => net.destroy());
+  const traced = await net.addPod();
+  const peer = await net.addPod();
+  const agent = await startAgent({ env: onlyCollectors() });
+  t.teardown(() => agent.stop());
+  const trace = await startTrace(t, agent, ['syscall', '--syscall', 'openat,connect,execve', '--pod', traced.cgroupPath]);
+  const port = 40000 + Math.floor(Math.random() * 20000);
+  const unixPath = path.join(dir, 'nosuch.sock');
+  const run = await traced.exec(binary, [dir, peer.ipv4, peer.ipv6, String(port), unixPath]);
+  t.equal(run.code, 0, `the workload ran (${run.stderr.trim()})`);
+  const events = (): SyscallTraceEvent[] => trace.events() as SyscallTraceEvent[];
+  await waitFor(() => events().some((e) => e.syscall === 'execve' && e.comm === 'true'), { timeoutMs: 10_000, what: 'the exec of /bin/true' });
+  await new Promise((r) => setTimeout(r, 500));
+
+  const own = events().filter((e) => e.comm === 'ppsysargs' && e.syscall !== 'execve');
+  t.same(
+    own.map((e) => [e.syscall, e.decodedArgs, e.ret]),
+    [
+      ['openat', ['AT_FDCWD', JSON.stringify(`${dir}/known-file`), 'O_WRONLY|O_CREAT|O_TRUNC', '0640'], 3],
+      ['openat', ['AT_FDCWD', '"/etc/hosts"', 'O_RDONLY'], 3],
+      ['connect', ['3', `{AF_INET, ${peer.ipv4}:${port}}`, '16'], -111],
+      ['connect', ['3', `{AF_INET6, [${peer.ipv6}]:${port}}`, '28'], -111],
+      ['connect', ['3', `{AF_UNIX, ${JSON.stringify(unixPath)}}`, '110'], -2],
+    ],
+    'the paths opened, with flags and mode, and the addresses connected to (IPv4, IPv6, AF_UNIX), exactly and in order',
+  );
+  t.ok(own.every((e) => e.args.length === 6 && e.args.every((a) => /^0x[0-9a-f]+$/.test(a))), 'the raw registers are kept too');
+  const pid = own[0]?.pid;
+  const execs = events().filter((e) => e.syscall === 'execve' && e.pid === pid && e.ret === 0);
+  t.same(
+    execs.slice(-2).map((e) => e.decodedArgs?.slice(0, 2)),
+    [
+      [JSON.stringify(binary), `[${[binary, dir, peer.ipv4, peer.ipv6, String(port), unixPath].map((a) => JSON.stringify(a)).join(', ')}]`],
+      ['"/bin/true"', '["/bin/true", "alpha", "beta gamma"]'],
+    ],
+    'the execs of the workload (by ip netns exec) and of /bin/true, with their argv',
+  );
+  // The pods helper's `exec ip netns exec NS binary …` has 11 entries: argv is cut at 8.
+  t.equal(
+    execs.length === 3 ? execs[0]!.decodedArgs?.[1] : undefined,
+    `[${['ip', 'netns', 'exec', traced.netns, binary, dir, peer.ipv4, peer.ipv6].map((a) => JSON.stringify(a)).join(', ')}, ...]`,
+    "the shell's exec of ip, its argv cut at 8 entries",
+  );
+  const hosts = own.find((e) => e.decodedArgs?.[1] === '"/etc/hosts"');
+  t.match(hosts && renderTraceEvent(hosts), /ppsysargs\[\d+\/\d+\]  openat\(AT_FDCWD, "\/etc\/hosts", O_RDONLY\) = 3  /, 'the CLI prints the call as strace does');
+  t.notOk(events().some((e) => e.workload.cgroup !== traced.cgroupPath), 'only the traced pod');
+  t.equal(await trace.stop(), 0);
+  t.equal(await agent.stop(), 0, 'agent exits cleanly');
+});
+
 t.test('a flooding pod is held to its rate; another pod\'s events still arrive; losses are counted', async (t) => {
   if (!requirePrivileges(t, 'trace rate limits')) return;
   const binary = await compileWorkload(t, 'tracestorm', getppidSource);
@@ -276,7 +329,7 @@ t.test('trace requests are checked: bad filters are 400s naming the key, too man
   t.teardown(() => agent.stop());
   const cases: Array<[string, number, RegExp]> = [
     ['types=syscall&syscalls=nosuch', 400, /^querystring\/syscalls: unknown nosuch; the syscalls are .*getppid/],
-    ['types=files', 400, /^querystring\/types: unknown files; the types are collector, interface, pod, syscall, network$/],
+    ['types=files', 400, /^querystring\/types: unknown files; the types are collector, interface, pod, syscall, network, security$/],
     ['pod=web-0', 400, /^querystring\/pod filters traces/],
     ['types=network&syscalls=openat', 400, /^querystring\/syscalls filters the syscall trace/],
     ['types=syscall&syscalls=open%20at', 400, /^querystring\/syscalls must match pattern/],

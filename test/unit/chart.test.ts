@@ -11,8 +11,11 @@ import { parse as parseYaml, parseDocument, isMap, isScalar, type YAMLMap } from
 import { ConfigMap, Service, ServiceAccount, type IContainer, type IVolume } from 'kubernetes-models/v1';
 import { DaemonSet, type IDaemonSet } from 'kubernetes-models/apps/v1';
 import { ClusterRole, ClusterRoleBinding, type IClusterRole, type IClusterRoleBinding } from 'kubernetes-models/rbac.authorization.k8s.io/v1';
+import { NetworkPolicy, type INetworkPolicy } from 'kubernetes-models/networking.k8s.io/v1';
 import { PodMonitor, PrometheusRule, ServiceMonitor, type IPodMonitor, type IServiceMonitor } from '@kubernetes-models/prometheus-operator/monitoring.coreos.com/v1';
 import { ConfigError, resolveConfig } from '../../src/config.js';
+import { parseRuleFile } from '../../src/events/rules.js';
+import { defaultRulesPath } from '../../src/events/security-rules.js';
 import { loadDashboards, dashboardsDir } from '../helpers/dashboards.js';
 import { chartDir, helm, helmTemplate, parseRendered, projectRoot, type KubeObject, type Rendered } from '../helpers/helm.js';
 import { execCommand } from '../helpers/proc.js';
@@ -34,6 +37,7 @@ const models: Record<string, Validator> = {
   'monitoring.coreos.com/v1/ServiceMonitor': modelValidator(ServiceMonitor),
   'monitoring.coreos.com/v1/PodMonitor': modelValidator(PodMonitor),
   'monitoring.coreos.com/v1/PrometheusRule': modelValidator(PrometheusRule),
+  'networking.k8s.io/v1/NetworkPolicy': modelValidator(NetworkPolicy),
 };
 
 function validateAll(t: Test, objects: readonly KubeObject[]): void {
@@ -233,8 +237,8 @@ t.test('the rendered config is accepted by the agent and drives the port, probes
   for (const [rendered, port] of [[defaults, 9742], [custom, 9800]] as const) {
     const container = agentContainer(daemonSetOf(rendered));
     t.same(container.ports, [{ name: 'metrics', containerPort: port, protocol: 'TCP' }], `container port ${port} from config.listen`);
-    t.same(container.livenessProbe?.httpGet, { path: '/healthz', port: 'metrics' });
-    t.same(container.readinessProbe?.httpGet, { path: '/readyz', port: 'metrics' });
+    t.same(container.livenessProbe?.httpGet, { path: '/healthz', port: 'metrics', scheme: 'HTTP' });
+    t.same(container.readinessProbe?.httpGet, { path: '/readyz', port: 'metrics', scheme: 'HTTP' });
     const service = rendered.one('Service');
     t.same((service.spec as { ports: unknown }).ports, [{ name: 'metrics', port: 9742, targetPort: 'metrics', protocol: 'TCP' }], 'the Service targets the named port');
   }
@@ -271,15 +275,26 @@ t.test('a config the agent would reject renders, and the agent validator catches
   await t.rejects(helmTemplate({ config: { listen: 'localhost' } }), /has no port/, 'a listen address without a port fails the render');
 });
 
-t.test('RBAC is read-only pods, nodes, replicasets and jobs for the chart ServiceAccount', async (t) => {
+const readRules = [
+  { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: ['apps'], resources: ['replicasets'], verbs: ['get', 'list', 'watch'] },
+  { apiGroups: ['batch'], resources: ['jobs'], verbs: ['get', 'list'] },
+];
+
+t.test('RBAC is read-only pods, nodes, replicasets and jobs for the chart ServiceAccount, plus exactly the reviews of delegated auth', async (t) => {
   const rendered = await helmTemplate();
+  t.equal((renderedConfig(rendered) as { auth: { mode: string } }).auth.mode, 'kubernetes', 'the chart turns delegated auth on');
   const role = rendered.one('ClusterRole') as unknown as IClusterRole;
   t.same(role.rules, [
-    { apiGroups: [''], resources: ['pods'], verbs: ['get', 'list', 'watch'] },
-    { apiGroups: [''], resources: ['nodes'], verbs: ['get', 'list', 'watch'] },
-    { apiGroups: ['apps'], resources: ['replicasets'], verbs: ['get', 'list', 'watch'] },
-    { apiGroups: ['batch'], resources: ['jobs'], verbs: ['get', 'list'] },
+    ...readRules,
+    { apiGroups: ['authentication.k8s.io'], resources: ['tokenreviews'], verbs: ['create'] },
+    { apiGroups: ['authorization.k8s.io'], resources: ['subjectaccessreviews'], verbs: ['create'] },
   ]);
+  for (const mode of ['none', 'tokens']) {
+    const other = (await helmTemplate({ config: { auth: { mode } } })).one('ClusterRole') as unknown as IClusterRole;
+    t.same(other.rules, readRules, `auth.mode=${mode}: no review permissions`);
+  }
   const binding = rendered.one('ClusterRoleBinding') as unknown as IClusterRoleBinding;
   const account = rendered.one('ServiceAccount');
   t.same(binding.roleRef, { apiGroup: 'rbac.authorization.k8s.io', kind: 'ClusterRole', name: role.metadata?.name });
@@ -326,7 +341,8 @@ t.test('alert rules: one source, valid for promtool, and they fire', async (t) =
   writeFileSync(renderedRules, JSON.stringify({ groups: (rendered.spec as { groups: unknown }).groups }));
   const check = await execCommand('promtool', ['check', 'rules', rulesFile, renderedRules], { timeoutMs: 30_000 });
   t.equal(check.code, 0, `promtool check rules: ${check.stdout}${check.stderr}`);
-  const unit = await execCommand('promtool', ['test', 'rules', rulesTestFile], { timeoutMs: 30_000 });
+  // A day of baseline per anomaly rule is ~1,500 evaluations of every rule: 15 s on a quiet 2-core machine, more on a busy one.
+  const unit = await execCommand('promtool', ['test', 'rules', rulesTestFile], { timeoutMs: 180_000 });
   t.equal(unit.code, 0, `promtool test rules: ${unit.stdout}${unit.stderr}`);
 });
 
@@ -358,6 +374,29 @@ function undocumentedValues(map: YAMLMap, prefix: string, inherited: boolean): s
   });
 }
 
+t.test('securityRules.rules ship in their own ConfigMap, mounted where the agent reads them, and a change does not roll the pods', async (t) => {
+  const rules = readFileSync(defaultRulesPath, 'utf8');
+  const rendered = await helmTemplate({ securityRules: { rules } });
+  const configMaps = rendered.objects.filter((o) => o.kind === 'ConfigMap');
+  validateAll(t, configMaps);
+  const rulesMap = configMaps.find((o) => o.metadata.name === 'pp-probepilot-security-rules');
+  const text = (rulesMap?.data as Record<string, string> | undefined)?.['security-rules.yaml'];
+  t.equal(text, rules, 'the rules as given');
+  t.equal(parseRuleFile('security-rules.yaml', text ?? '').length, 6, 'and the agent accepts them');
+  const mainConfig = configMaps.find((o) => o.metadata.name === 'pp-probepilot')!.data as Record<string, string>;
+  t.equal(resolveConfig({ file: parseYaml(mainConfig['config.yaml']!) }).security.rules.path, '/etc/probepilot-rules/security-rules.yaml', 'the agent is pointed at the mounted file');
+  const daemonSet = daemonSetOf(rendered);
+  const mount = agentContainer(daemonSet).volumeMounts?.find((m) => m.mountPath === '/etc/probepilot-rules');
+  t.match(mount, { readOnly: true }, 'a read-only directory mount (no subPath: ConfigMap updates reach it)');
+  t.equal(mount?.subPath, undefined);
+  t.equal(daemonSet.spec?.template.spec?.volumes?.find((v) => v.name === mount?.name)?.configMap?.name, 'pp-probepilot-security-rules');
+  const changed = daemonSetOf(await helmTemplate({ securityRules: { rules: rules.replace('severity: medium', 'severity: high') } }));
+  t.equal(changed.spec?.template.metadata?.annotations?.['checksum/config'], daemonSet.spec?.template.metadata?.annotations?.['checksum/config'], 'the agent reloads changed rules itself');
+  const defaults = await helmTemplate();
+  t.notOk(defaults.objects.some((o) => o.metadata.name === 'pp-probepilot-security-rules'), 'none by default: the shipped rules');
+  t.equal(resolveConfig({ file: renderedConfig(defaults) }).security.rules.path, '');
+});
+
 t.test('every value in values.yaml is documented', async (t) => {
   const doc = parseDocument(readFileSync(path.join(chartDir, 'values.yaml'), 'utf8'));
   if (!isMap(doc.contents)) throw new Error('values.yaml is not a mapping');
@@ -375,4 +414,65 @@ t.test('the README explains installing with Helm and every permission the chart 
   for (const mount of agentContainer(daemonSet).volumeMounts ?? []) t.match(section, `\`${mount.mountPath}\``, `${mount.mountPath} is explained`);
   for (const field of ['hostNetwork', 'hostPID', 'seccompProfile', 'appArmorProfile']) t.match(section, `\`${field}\``, `${field} is explained`);
   for (const row of ['charts/', 'servicemonitors/', 'Dockerfile']) t.match(readme, `| \`${row}\``, `layout row for ${row}`);
+});
+
+t.test('TLS, tokens, a NetworkPolicy and an authenticated ServiceMonitor render valid objects the agent accepts', async (t) => {
+  const values = {
+    config: { auth: { mode: 'tokens' }, grpcListen: '0.0.0.0:9743' },
+    tls: { secretName: 'agent-tls' },
+    tokens: { secretName: 'agent-tokens', keys: ['tokens.yaml', 'more.yaml'] },
+    networkPolicy: { enabled: true, from: [{ namespaceSelector: { matchLabels: { 'kubernetes.io/metadata.name': 'monitoring' } } }] },
+    serviceMonitor: { enabled: true, authorization: { name: 'scrape-token', key: 'token' }, tlsConfig: { ca: { secret: { name: 'agent-tls', key: 'ca.crt' } }, serverName: 'probepilot' } },
+  };
+  const rendered = await helmTemplate(values);
+  validateAll(t, rendered.objects);
+  const config = resolveConfig({ file: renderedConfig(rendered) });
+  t.same(config.tls, { certFile: '/etc/probepilot-tls/tls.crt', keyFile: '/etc/probepilot-tls/tls.key', clientCaFile: '', reloadIntervalSeconds: 10 }, 'the agent reads the mounted Secret');
+  t.same(config.auth.tokenFiles, ['/etc/probepilot-tokens/tokens.yaml', '/etc/probepilot-tokens/more.yaml']);
+  const daemonSet = daemonSetOf(rendered);
+  const container = agentContainer(daemonSet);
+  t.same(
+    (container.volumeMounts ?? []).filter((m) => m.mountPath.startsWith('/etc/probepilot-')).map((m) => [m.mountPath, m.readOnly]),
+    [['/etc/probepilot-tls', true], ['/etc/probepilot-tokens', true]],
+  );
+  const secrets = (daemonSet.spec?.template.spec?.volumes ?? []).flatMap((v) => (v.secret ? [v.secret.secretName] : []));
+  t.same(secrets, ['agent-tls', 'agent-tokens'], 'whole Secret volumes (renewals reach the files)');
+  t.equal(container.readinessProbe?.httpGet?.scheme, 'HTTPS', 'probes speak TLS');
+  const monitor = rendered.one('ServiceMonitor') as unknown as IServiceMonitor;
+  const endpoint = monitor.spec.endpoints?.[0];
+  t.match(endpoint, { scheme: 'https', authorization: { type: 'Bearer', credentials: { name: 'scrape-token', key: 'token' } }, tlsConfig: { serverName: 'probepilot' } });
+  const policy = rendered.one('NetworkPolicy') as unknown as INetworkPolicy;
+  t.same(policy.spec?.ingress?.[0]?.ports, [{ port: 9742, protocol: 'TCP' }, { port: 9743, protocol: 'TCP' }], 'the metrics/API port and the gRPC port');
+  t.same(policy.spec?.ingress?.[0]?.from, values.networkPolicy.from);
+
+  const mutual = await helmTemplate({ tls: { secretName: 'agent-tls', clientCa: true }, networkPolicy: { enabled: true }, serviceMonitor: { enabled: true } });
+  validateAll(t, mutual.objects);
+  t.equal(resolveConfig({ file: renderedConfig(mutual) }).tls.clientCaFile, '/etc/probepilot-tls/ca.crt');
+  t.ok(agentContainer(daemonSetOf(mutual)).livenessProbe?.tcpSocket, 'with mutual TLS the probes check the port only');
+  t.match((mutual.one('ServiceMonitor') as unknown as IServiceMonitor).spec.endpoints?.[0], { bearerTokenFile: '/var/run/secrets/kubernetes.io/serviceaccount/token', scheme: 'https' }, 'by default Prometheus sends its service account token');
+  t.same((mutual.one('NetworkPolicy') as unknown as INetworkPolicy).spec?.ingress, [], 'no peers listed: nothing admitted (a rule without from would admit everyone)');
+});
+
+t.test('security and customProbes values reach the agent; customProbes.hostPath is mounted read-only and loaded', async (t) => {
+  const defaults = resolveConfig({ file: renderedConfig(await helmTemplate()) });
+  t.same(defaults.security, resolveConfig().security, 'the chart\'s security defaults are the agent\'s');
+  t.same(defaults.customProbes, { paths: [], disabled: [] }, 'no custom probes by default');
+  const values = {
+    config: {
+      security: { enabled: true, watchedPaths: ['/etc/'], namespaces: { include: ['shop'], exclude: ['kube-system'] }, cgroups: { exclude: ['/system.slice/cron.service'] }, nodeProcesses: 'include' },
+      customProbes: { paths: ['/opt/probes/faults.yaml'], disabled: ['rtt'] },
+    },
+    customProbes: { hostPath: '/var/lib/probepilot-probes' },
+  };
+  const rendered = await helmTemplate(values);
+  validateAll(t, rendered.objects);
+  const config = resolveConfig({ file: renderedConfig(rendered) });
+  t.same(config.security.namespaces, { include: ['shop'], exclude: ['kube-system'] }, 'namespaces filters as given');
+  t.same(config.security.cgroups, { include: [], exclude: ['/system.slice/cron.service'] }, 'cgroup filters as given');
+  t.equal(config.security.nodeProcesses, 'include');
+  t.same(config.security.watchedPaths, ['/etc/'], 'a list replaces the default, it is not merged into it');
+  t.same(config.customProbes, { paths: ['/opt/probes/faults.yaml', '/etc/probepilot-custom-probes'], disabled: ['rtt'] }, 'the mounted directory joins the given paths');
+  t.ok(hostMounts(daemonSetOf(rendered)).includes('/etc/probepilot-custom-probes <- /var/lib/probepilot-probes (ro)'), 'the probes directory is mounted read-only');
+  const bad = await helmTemplate({ config: { security: { nodeProcesses: 'sometimes' } } });
+  t.throws(() => resolveConfig({ file: renderedConfig(bad) }), { message: /security\.nodeProcesses.*auto, include, exclude/ }, 'a bad value names its key');
 });

@@ -39,10 +39,10 @@ function family(name: string): string {
 
 const overlaps = (a: GridPos, b: GridPos) => a.x < b.x + b.w && b.x < a.x + a.w && a.y < b.y + b.h && b.y < a.y + a.h;
 
-t.test('the five dashboards are there, each with its own uid and title', async (t) => {
+t.test('the six dashboards are there, each with its own uid and title', async (t) => {
   t.same(
     dashboards.map((d) => d.file),
-    ['probepilot-agent-health.json', 'probepilot-gpu.json', 'probepilot-node-overview.json', 'probepilot-pod-latency.json', 'probepilot-pod-network.json'],
+    ['probepilot-agent-health.json', 'probepilot-gpu.json', 'probepilot-insights.json', 'probepilot-node-overview.json', 'probepilot-pod-latency.json', 'probepilot-pod-network.json'],
   );
   for (const { file, dashboard } of dashboards) {
     t.equal(dashboard.uid, path.basename(file, '.json'), `${file}: uid is the file name (stable links between dashboards)`);
@@ -59,7 +59,8 @@ t.test('variables: a Prometheus datasource picker first, then label_values chain
     const [first, ...rest] = dashboard.templating.list;
     t.match(first, { name: 'datasource', type: 'datasource', query: 'prometheus' }, `${file}: the datasource variable comes first`);
     const names = dashboard.templating.list.map((v) => v.name);
-    const expected = file === 'probepilot-agent-health.json' ? ['node', 'job'] : ['node', 'namespace', 'workload', 'pod'];
+    // Insights reads per-workload recording rules: they have no pod.
+    const expected = file === 'probepilot-agent-health.json' ? ['node', 'job'] : file === 'probepilot-insights.json' ? ['node', 'namespace', 'workload'] : ['node', 'namespace', 'workload', 'pod'];
     for (const name of expected) t.ok(names.includes(name), `${file}: templated on ${name}`);
     const defined = new Set(['datasource']);
     for (const v of rest) {

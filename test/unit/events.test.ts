@@ -106,10 +106,35 @@ t.test('the ring buffer size is a power of two of at least a page', async (t) =>
 t.test('event stream requests: what each field allows', async (t) => {
   t.same(eventStreamRequest({ types: [], syscalls: [] }), { types: [] }, 'the agent\'s own events');
   t.same(eventStreamRequest({ types: ['syscall', 'syscall'], pod: 'web-0', syscalls: ['openat', 'openat'] }), { types: ['syscall'], pod: 'web-0', syscalls: ['openat'] }, 'duplicates fold');
-  t.throws(() => eventStreamRequest({ types: ['files'], syscalls: [] }), /^types: unknown files; the types are collector, interface, pod, syscall, network$/);
+  t.throws(() => eventStreamRequest({ types: ['files'], syscalls: [] }), /^types: unknown files; the types are collector, interface, pod, syscall, network, security$/);
   t.throws(() => eventStreamRequest({ types: ['pod'], namespace: 'shop', syscalls: [] }), /^namespace filters traces/);
   t.throws(() => eventStreamRequest({ types: ['network'], syscalls: ['openat'] }), /^syscalls filters the syscall trace/);
   t.throws(() => eventStreamRequest({ types: ['syscall'], syscalls: ['openat', 'nosuch'] }), /^syscalls: unknown nosuch; the syscalls are .*openat/);
   t.throws(() => eventStreamRequest({ types: ['syscall'], pod: 'a\nb', syscalls: [] }), /^pod must be printable text/);
   t.throws(() => eventStreamRequest({ types: ['syscall'], pod: 'x'.repeat(4097), syscalls: [] }), /^pod must be printable text of 1 to 4096/);
+});
+
+t.test('printable text: one rule for REST, gRPC and event streams', async (t) => {
+  const { isPrintable, printablePattern } = await import('../../src/api/service.js');
+  const { workloadQueryOf } = await import('../../src/api/grpc.js');
+  const schema = new RegExp(printablePattern);
+  for (const [value, ok] of [
+    ['web-7f9c', true],
+    ['kubepods.slice/a b/"quoted"\\', true],
+    ['é中', true],
+    ['', false],
+    ['line\nbreak', false],
+    ['tab\t', false],
+    ['del\u007f', false],
+    ['x'.repeat(4096), true],
+    ['x'.repeat(4097), false],
+  ] as const) {
+    t.equal(isPrintable(value), ok, JSON.stringify(value.slice(0, 20)));
+    // The REST schema pattern agrees (its length limits are the schema's maxLength).
+    if (value.length <= 4096) t.equal(schema.test(value), ok, `pattern ${JSON.stringify(value.slice(0, 20))}`);
+  }
+  // gRPC: empty is "not set"; a control character is refused naming the field.
+  t.same(workloadQueryOf({ namespace: '', pod: '', sort: '', limit: 0 }).sort, 'rx');
+  t.throws(() => workloadQueryOf({ namespace: 'a\nb', pod: '', sort: '', limit: 0 }), /namespace must be printable/);
+  t.throws(() => eventStreamRequest({ types: ['syscall'], pod: 'a\u0001', syscalls: [] }), /pod must be printable/);
 });

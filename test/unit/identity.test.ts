@@ -4,6 +4,9 @@ import os from 'node:os';
 import path from 'node:path';
 import { CgroupPaths, commonAncestor } from '../../src/identity/cgroups.js';
 import { NetnsWorkloads } from '../../src/identity/netns.js';
+import { workloadBehind, workloadChanges, type PeerWorkload } from '../../src/collectors/tc-interfaces.js';
+import type { LinkInfo } from '../../src/bpf/addon.js';
+import { Attribution } from '../../src/collectors/network-decode.js';
 import { parseMountInfo, findCgroup2Mount } from '../../src/system/mounts.js';
 import { sanitizeLabelValue } from '../../src/metrics/model.js';
 
@@ -88,6 +91,47 @@ t.test('network namespaces resolve to workloads by inode and by id; gone ones ke
   t.same(netns.resolveInode(podB), { workload: { cgroupPath: '/podB', pids: 1 }, gone: true }, 'a namespace with no process left is gone, with its last workload');
   netns.forgetInode(podB);
   t.equal(netns.resolveInode(podB), undefined, 'forgotten');
+});
+
+t.test('a veth attributed to a visitor of its young namespace is corrected while the answer settles, and trusted after', async (t) => {
+  const proc = mkdtempSync(path.join(os.tmpdir(), 'pp-proc-'));
+  t.teardown(() => rmSync(proc, { recursive: true, force: true }));
+  const addProcess = (pid: string, netnsInode: number, cgroup: string) => {
+    mkdirSync(path.join(proc, pid, 'ns'), { recursive: true });
+    symlinkSync(`net:[${netnsInode}]`, path.join(proc, pid, 'ns/net'));
+    writeFileSync(path.join(proc, pid, 'cgroup'), `0::${cgroup}\n`);
+  };
+  const pod = 4026532001;
+  addProcess('self', 4026531840, '/agent');
+  // A set-up tool (the CNI plugin, `ip netns exec …`) is in the pod's namespace before the pod's own process.
+  addProcess('50', pod, '/system.slice/containerd.service');
+  let now = 0;
+  // Every process of the test's namespace finds it as nsid 3.
+  const netns = new NetnsWorkloads(() => 3, { procRoot: proc, minRefreshIntervalMs: 1000, now: () => now });
+  const link: LinkInfo = { ifindex: 9, name: 'veth9', iflink: 2, kind: 'veth', linkNetnsId: 3, hwType: 1, flags: 0, master: 0 };
+  const iface: PeerWorkload = { attribution: Attribution.peerWorkload, peerNetnsId: 3, ...workloadBehind(netns, link, now) };
+  t.equal(iface.workload, '/system.slice/containerd.service', 'the first answer names the visitor');
+
+  rmSync(path.join(proc, '50'), { recursive: true });
+  addProcess('100', pod, '/kubepods/podA/pause');
+  now = 500;
+  t.same(workloadChanges(netns, [iface], now), [], 'no second scan within the refresh interval');
+  now = 1000;
+  const changes = workloadChanges(netns, [iface], now);
+  t.same(changes.map((c) => c.workload), ['/kubepods/podA/pause'], "corrected to the pod's own process once the visitor left");
+  iface.workload = changes[0]?.workload;
+
+  rmSync(path.join(proc, '100'), { recursive: true });
+  addProcess('101', pod, '/elsewhere');
+  now = 30_000;
+  t.same(workloadChanges(netns, [iface], now), [], 'settled 30 s after it was first seen: no longer asked');
+
+  const node: PeerWorkload = { attribution: Attribution.socket, peerNetnsId: -1, workload: undefined, workloadCheckUntil: 0 };
+  const pending: PeerWorkload = { attribution: Attribution.peerWorkload, peerNetnsId: 3, workload: undefined, workloadCheckUntil: 0 };
+  now = 31_000;
+  const found = workloadChanges(netns, [node, pending], now);
+  t.same(found.map((c) => c.workload), ['/elsewhere'], 'a pending veth is resolved; a node interface never');
+  t.equal(pending.workloadCheckUntil, now + 30_000, 'and settles from when it was first found');
 });
 
 t.test('cgroup directories named with bytes that are no UTF-8 are found, and so are their children', async (t) => {

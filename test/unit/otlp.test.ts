@@ -67,6 +67,7 @@ t.test('delta: the change since the last push; a reset starts over', async (t) =
 /** An exporter that answers from a script of results. */
 class ScriptedExporter implements PushMetricExporter {
   calls = 0;
+  shutdowns = 0;
   constructor(private readonly script: ExportResult[]) {}
   export(_metrics: ResourceMetrics, done: (result: ExportResult) => void): void {
     const result = this.script[Math.min(this.calls++, this.script.length - 1)]!;
@@ -76,6 +77,7 @@ class ScriptedExporter implements PushMetricExporter {
     return Promise.resolve();
   }
   shutdown(): Promise<void> {
+    this.shutdowns++;
     return Promise.resolve();
   }
 }
@@ -102,6 +104,25 @@ t.test('retryable gRPC codes are retried, others are not', async (t) => {
   const rejected = new RetryingExporter(new ScriptedExporter([invalid]), policy, silent);
   await exportOnce(rejected);
   t.same(rejected.outcomes, { success: 0, retry: 0, failure: 1, dropped: 0 }, 'a non-retryable error fails at once');
+});
+
+t.test('an export that timed out (an endpoint that never answers) gets a fresh channel for its retry, the old one is closed', async (t) => {
+  const timedOut: ExportResult = { code: ExportResultCode.FAILED, error: Object.assign(new Error('4 DEADLINE_EXCEEDED'), { code: 4 }) };
+  const first = new ScriptedExporter([timedOut]);
+  const made: ScriptedExporter[] = [];
+  const renew = () => {
+    const next = new ScriptedExporter(made.length === 0 ? [timedOut] : [ok]);
+    made.push(next);
+    return next;
+  };
+  const exporter = new RetryingExporter(first, policy, silent, renew);
+  t.equal((await exportOnce(exporter)).code, ExportResultCode.SUCCESS, 'succeeds on the third channel');
+  t.same([first.calls, ...made.map((e) => e.calls)], [1, 1, 1], 'each attempt on its own channel');
+  t.same([first.shutdowns, made[0]!.shutdowns, made[1]!.shutdowns], [1, 1, 0], 'the timed-out channels are closed, the working one kept');
+  const unanswered = new ScriptedExporter([unavailable, ok]);
+  const kept = new RetryingExporter(unanswered, policy, silent, () => t.fail('UNAVAILABLE (refused, reset) needs no new channel') as never);
+  await exportOnce(kept);
+  t.equal(unanswered.calls, 2, 'an UNAVAILABLE retry reuses the channel');
 });
 
 t.test('backoff doubles up to its cap, with jitter in the upper half', async (t) => {

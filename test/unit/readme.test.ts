@@ -1,5 +1,6 @@
 // The README is the front door: every config key, its environment name and
 // every metric family must be documented there.
+import type { Guard } from '../../src/auth/guard.js';
 import t from 'tap';
 import { readFileSync } from 'node:fs';
 import { fileURLToPath } from 'node:url';
@@ -14,6 +15,7 @@ import type { Identity } from '../../src/identity/identity.js';
 import Fastify from 'fastify';
 import { registerApi } from '../../src/api/rest.js';
 import { EventPipeline } from '../../src/events/pipeline.js';
+import { SecurityMonitor } from '../../src/events/security.js';
 import type { AgentService } from '../../src/api/service.js';
 
 const readme = readFileSync(path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../../../README.md'), 'utf8');
@@ -33,6 +35,7 @@ t.test('every metric family is in the README', async (t) => {
   for (const { name } of manager.descriptors()) t.match(readme, `\`${name}\``, name);
   const pipeline = new EventPipeline({ config: resolveConfig(), log, addon, identity });
   for (const { name } of pipeline.families) t.match(readme, `\`${name}\``, name);
+  for (const { name } of new SecurityMonitor({ config: resolveConfig(), log, identity, pipeline }).families) t.match(readme, `\`${name}\``, name);
 });
 
 t.test('the README carries the two front-door commands', async (t) => {
@@ -42,7 +45,7 @@ t.test('the README carries the two front-door commands', async (t) => {
 
 t.test('every API endpoint (from the OpenAPI document the routes build) and client command is in the README', async (t) => {
   const app = Fastify();
-  registerApi(app as unknown as Parameters<typeof registerApi>[0], {} as AgentService);
+  registerApi(app as unknown as Parameters<typeof registerApi>[0], {} as AgentService, {} as Guard);
   const res = await app.inject({ method: 'GET', url: '/api/v1/openapi.json' });
   const paths = (res.json() as { paths: Record<string, Record<string, unknown>> }).paths;
   const endpoints = Object.entries(paths).flatMap(([p, methods]) => Object.keys(methods).map((m) => `${m.toUpperCase()} ${p}`));

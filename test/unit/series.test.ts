@@ -109,10 +109,10 @@ t.test('an identity that leaves and returns within its grace keeps its place; af
   series.retire('a', 'a', labels('a'), [8], 400);
   series.retire('b2', 'b', labels('b'), [5], 400);
   series.beginCollection();
-  t.same(byCgroup(series.finishCollection(1401)), {}, 'everything past its grace is gone, the overflow too');
+  t.same(byCgroup(series.finishCollection(1401)), { '__overflow__/x': 65 }, 'series of their own past their grace are gone; the overflow stays, never reset');
   series.beginCollection();
   series.addLive('b3', 'b', labels('b'), [1], 1500);
-  t.same(byCgroup(series.finishCollection(1500)), { '/b/x': 1 }, 'returning after its grace, b gets the free room as a new series');
+  t.same(byCgroup(series.finishCollection(1500)), { '/b/x': 1, '__overflow__/x': 65 }, 'returning after its grace, b gets the free room as a new series');
 });
 
 t.test('an entry whose labels change while folded leaves its counts in the overflow', async (t) => {
@@ -221,4 +221,27 @@ t.test('retired totals saved and restored carry a series across a restart', asyn
     { labels: { pod: 'a' }, values: [145, 6] },
     { labels: { pod: 'b' }, values: [8, 2] },
   ], 'no series went backwards');
+});
+
+t.test('folds saved and restored keep a folded label set in the overflow series across a restart', async (t) => {
+  const before = governed(1);
+  before.beginCollection();
+  before.addLive('a1', 'a\0read', { cgroup: '/a', syscall: 'read' }, [10], 0);
+  before.addLive('b1', 'b\0read', { cgroup: '/b', syscall: 'read' }, [20], 0);
+  t.same(byCgroup(before.finishCollection(0)), { '/a/read': 10, '__overflow__/read': 20 }, '/b folded');
+  const folds = JSON.parse(JSON.stringify(before.savedFolds())) as ReturnType<CounterSeries['savedFolds']>;
+  t.same(folds.map((f) => [f.key, f.intoLabels]), [['b\0read', { cgroup: '__overflow__', syscall: 'read' }]], 'one fold saved, with its overflow series');
+
+  // Restarted: /a's series went (its cgroup is gone), so there would be room for /b, whose kernel entry lives on.
+  const after = governed(1);
+  after.restoreFolds(folds, 1_000);
+  after.beginCollection();
+  after.addLive('b1', 'b\0read', { cgroup: '/b', syscall: 'read' }, [25], 1_000);
+  after.addLive('c1', 'c\0read', { cgroup: '/c', syscall: 'read' }, [3], 1_000);
+  t.same(byCgroup(after.finishCollection(1_000)), { '__overflow__/read': 25, '/c/read': 3 }, 'the overflow series continues (20 → 25) and /b gets no series holding its earlier counts');
+
+  const unsaved = governed(1);
+  unsaved.beginCollection();
+  unsaved.addLive('b1', 'b\0read', { cgroup: '/b', syscall: 'read' }, [25], 1_000);
+  t.same(byCgroup(unsaved.finishCollection(1_000)), { '/b/read': 25 }, 'without the folds the overflow would vanish and /b jump to 25 (what this guards against)');
 });

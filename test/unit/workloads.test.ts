@@ -26,7 +26,7 @@ const bounds = [0.001, 0.002, 0.004, 0.008];
 /** The service over a manager alone: a workloads query needs no events, traces or reloads. */
 function serviceOf(manager: CollectorManager): AgentService {
   const unused = {} as never;
-  return new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: unused, events: unused, pipeline: unused, collectionMaxAgeMs: 0 });
+  return new AgentService({ manager, identity: cgroupIdentity, nodeName: 'n', bpfStats: false, reload: unused, events: unused, pipeline: unused, collectionMaxAgeMs: 0, collectionAhead: true });
 }
 
 /** A manager whose collectors answer what `readings` holds at the moment. */
